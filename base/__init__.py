@@ -1,0 +1,46 @@
+"""BASE: Bayesian meta architecture search in JAX.
+
+Meta-train a prior over DARTS-style architectures and their weights across
+many tasks, then adapt it to a new task in a few ELBO steps::
+
+  import base
+  prior = base.load_prior("runs/quickstart/prior.msgpack")   # a JAX pytree
+  result = base.adapt(prior, support_x, support_y)            # posterior
+  print(result.genotype)                                      # discrete cell
+"""
+
+from base.adaptation import AdaptConfig
+from base.distributions import RelaxedOneHotCategorical
+from base.distributions import gumbel_softmax
+from base.distributions import temperature_schedule
+from base.errors import BaseUserError
+from base.errors import CheckpointError
+from base.errors import ConfigError
+from base.errors import DataError
+from base.genotype import Genotype
+from base.genotype import build_genotype_network
+from base.genotype import derive_genotype
+from base.genotype import genotype_param_count
+from base.meta import MetaOptConfig
+from base.meta import meta_step
+from base.prior import SupernetDist
+from base.prior import init_prior
+from base.prior import load_prior
+from base.prior import save_prior
+from base.supernet import SupernetSpec
+from base.supernet import apply_supernet
+from base.supernet import build_supernet
+from base.train import Adaptation
+from base.train import adapt
+from base.train import evaluate
+from base.train import meta_train
+
+__all__ = [
+    "AdaptConfig", "Adaptation", "BaseUserError", "CheckpointError",
+    "ConfigError", "DataError", "Genotype", "MetaOptConfig",
+    "RelaxedOneHotCategorical", "SupernetDist", "SupernetSpec", "adapt",
+    "apply_supernet", "build_genotype_network", "build_supernet",
+    "derive_genotype", "evaluate", "genotype_param_count", "gumbel_softmax",
+    "init_prior", "load_prior", "meta_step", "meta_train", "save_prior",
+    "temperature_schedule",
+]

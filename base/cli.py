@@ -1,0 +1,85 @@
+"""What ``launch.py`` runs for each mode; prints human-readable summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from base import prior as prior_lib
+from base import train
+from base.errors import ConfigError
+
+MODES = ("meta_train", "evaluate", "adapt", "all")
+CACHE_ENV = "BASE_COMPILATION_CACHE"
+
+
+def enable_compilation_cache() -> str | None:
+  """Caches compiled XLA programs on disk across runs (CPU compiles are slow).
+
+  The directory is ``$BASE_COMPILATION_CACHE`` (empty disables it), by
+  default ``~/.cache/base-jax/xla``.
+  """
+  path = os.environ.get(CACHE_ENV,
+                        os.path.expanduser("~/.cache/base-jax/xla"))
+  if not path:
+    return None
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return path
+
+
+def run(config: Any, workdir: str | None) -> None:
+  mode = config.get("mode", "all")
+  if mode not in MODES:
+    raise ConfigError(f"unknown mode {mode!r}; expected one of {MODES}")
+  workdir = workdir or os.path.join("runs", "default")
+  enable_compilation_cache()
+  experiment = train.build_experiment(config)
+  print(f"supernet: {experiment.spec.num_cells} cells x "
+        f"{experiment.spec.num_nodes} nodes, {experiment.spec.num_ops} ops "
+        f"{list(experiment.spec.primitives)}, {experiment.spec.channels} "
+        f"channels; tasks: {experiment.train_family.num_ways}-way "
+        f"{experiment.train_family.num_shots}-shot on "
+        f"{config.data.source}; workdir {os.path.abspath(workdir)}")
+  if mode in ("meta_train", "all"):
+    logging.info("meta-training (the first step compiles the meta-step)")
+    state = train.meta_train(config, workdir, experiment=experiment)
+    print(f"prior saved to {os.path.join(workdir, train.PRIOR_FILENAME)} "
+          f"after {int(state.step)} meta-steps")
+  if mode in ("evaluate", "all"):
+    results = train.evaluate(config, workdir, experiment=experiment)
+    print(train.format_results(results))
+    print(f"results written to {os.path.join(workdir, 'results.json')}")
+  if mode in ("adapt", "all"):
+    adapt_one_task(config, workdir, experiment)
+
+
+def adapt_one_task(config: Any, workdir: str,
+                   experiment: train.Experiment) -> train.Adaptation:
+  """Adapts the saved prior to one new meta-test task and reports it."""
+  path = config.get("prior_path") or os.path.join(workdir,
+                                                  train.PRIOR_FILENAME)
+  prior, metadata = prior_lib.load_prior(path, return_metadata=True)
+  seed = int(config.seed) + 7
+  episode = experiment.test_family.sample(np.random.default_rng(seed))
+  steps = experiment.evaluate.adapt_steps or experiment.adapt.steps
+  result = train.adapt(
+      prior, episode.support_x, episode.support_y, episode.query_x,
+      episode.query_y, config=experiment.adapt,
+      temperature=metadata.get("temperature", experiment.final_temperature),
+      steps=steps, seed=seed)
+  print(f"adapted to a new {experiment.test_family.num_ways}-way task: "
+        f"{result.summary()}")
+  with open(os.path.join(workdir, "adapted_genotype.json"), "w") as f:
+    f.write(result.genotype.to_json(indent=2))
+  prior_lib.save_prior(os.path.join(workdir, "posterior.msgpack"),
+                       result.posterior,
+                       metadata={"adapted_from": os.path.abspath(path),
+                                 "query_accuracy": result.query_accuracy})
+  return result

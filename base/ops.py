@@ -1,0 +1,331 @@
+"""Candidate operations of the DARTS-style search space, and their registry.
+
+Every operation is a Flax NNX module ``op(x) -> y`` mapping NHWC activations
+with ``channels`` channels to the same number of channels, at ``stride`` 1 or
+2. The registry ``OPS`` maps an operation's name (as it appears in a genotype)
+to a constructor ``(channels, stride, rngs, *, depthwise_impl) -> nnx.Module``;
+a new candidate operation is one new entry (see :func:`register_op`).
+
+Normalisation is batch normalisation *without running statistics and without
+affine parameters* (``normalize``): every forward pass normalises with the
+statistics of the batch it sees. In few-shot meta-learning this is the usual
+transductive choice (MAML, MetaNAS): each task's support and query batches
+are normalised on their own, and no batch statistics need to be adapted or
+meta-learned. DARTS also uses ``affine=False`` in its search phase.
+
+Depthwise convolutions (inside separable and dilated convolutions) have two
+implementations with the same parameters and the same result:
+``"conv"`` uses ``lax.conv_general_dilated`` with ``feature_group_count``, and
+``"shifts"`` writes the convolution as k*k shifted multiply-adds. XLA:CPU's
+grouped convolution is tens of times slower than the shifted form, while on
+GPU/TPU the grouped convolution is the fast one; ``"auto"`` picks by backend.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from base.errors import ConfigError
+
+NORM_EPSILON = 1e-5
+DEPTHWISE_IMPLS = ("auto", "conv", "shifts")
+
+
+def normalize(x: jax.Array) -> jax.Array:
+  """Batch norm over (N, H, W) with batch statistics and no affine params."""
+  mean = jnp.mean(x, axis=(0, 1, 2), keepdims=True)
+  var = jnp.var(x, axis=(0, 1, 2), keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + NORM_EPSILON)
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+  """Maps ``"auto"`` to the fastest implementation on the default backend."""
+  if impl not in DEPTHWISE_IMPLS:
+    raise ConfigError(
+        f"unknown depthwise_impl {impl!r}; expected one of {DEPTHWISE_IMPLS}")
+  if impl == "auto":
+    return "shifts" if jax.default_backend() == "cpu" else "conv"
+  return impl
+
+
+def _he_normal(key: jax.Array, shape: tuple[int, ...], fan_in: int,
+               dtype=jnp.float32) -> jax.Array:
+  return jax.random.normal(key, shape, dtype) * jnp.sqrt(2.0 / fan_in)
+
+
+class DepthwiseConv(nnx.Module):
+  """Depthwise k x k convolution (one filter per channel), 'SAME'-style padding.
+
+  The kernel has the shape ``(k, k, 1, C)`` of a grouped ``nnx.Conv``, so the
+  two implementations share parameters exactly.
+  """
+
+  def __init__(self, channels: int, kernel_size: int, stride: int,
+               dilation: int, rngs: nnx.Rngs, *, impl: str = "auto"):
+    self.kernel_size = kernel_size
+    self.stride = stride
+    self.dilation = dilation
+    self.impl = resolve_depthwise_impl(impl)
+    self.kernel = nnx.Param(_he_normal(
+        rngs.params(), (kernel_size, kernel_size, 1, channels),
+        fan_in=kernel_size * kernel_size))
+
+  @property
+  def padding(self) -> int:
+    return self.dilation * (self.kernel_size - 1) // 2
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...].astype(x.dtype)
+    if self.impl == "conv":
+      return jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(self.stride, self.stride),
+          padding=[(self.padding, self.padding)] * 2,
+          rhs_dilation=(self.dilation, self.dilation),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          feature_group_count=x.shape[-1])
+    return self._shifted_sum(x, kernel)
+
+  def _shifted_sum(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The same convolution as k*k strided slices times per-channel taps."""
+    pad = self.padding
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    n, h, w, c = x.shape
+    span = self.dilation * (self.kernel_size - 1)
+    out_h = (h - span - 1) // self.stride + 1
+    out_w = (w - span - 1) // self.stride + 1
+    out = None
+    for i in range(self.kernel_size):
+      for j in range(self.kernel_size):
+        top, left = i * self.dilation, j * self.dilation
+        window = jax.lax.slice(
+            x, (0, top, left, 0),
+            (n, top + (out_h - 1) * self.stride + 1,
+             left + (out_w - 1) * self.stride + 1, c),
+            (1, self.stride, self.stride, 1))
+        term = window * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+
+class PointwiseConv(nnx.Module):
+  """1x1 convolution without bias, written as a matmul over channels."""
+
+  def __init__(self, in_channels: int, out_channels: int, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(_he_normal(
+        rngs.params(), (in_channels, out_channels), fan_in=in_channels))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x @ self.kernel[...].astype(x.dtype)
+
+
+class Conv(nnx.Module):
+  """Dense k1 x k2 convolution without bias (stem and plain conv ops)."""
+
+  def __init__(self, in_channels: int, out_channels: int,
+               kernel_size: tuple[int, int], stride: int, rngs: nnx.Rngs):
+    self.stride = stride
+    self.kernel_size = kernel_size
+    self.kernel = nnx.Param(_he_normal(
+        rngs.params(), (*kernel_size, in_channels, out_channels),
+        fan_in=kernel_size[0] * kernel_size[1] * in_channels))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pads = [((k - 1) // 2, (k - 1) // 2) for k in self.kernel_size]
+    return jax.lax.conv_general_dilated(
+        x, self.kernel[...].astype(x.dtype), (self.stride, self.stride), pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class Zero(nnx.Module):
+  """The ``none`` operation: zeros of the output shape (no edge)."""
+
+  def __init__(self, stride: int):
+    self.stride = stride
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jnp.zeros_like(x[:, ::self.stride, ::self.stride, :])
+
+
+class Identity(nnx.Module):
+  """The ``skip_connect`` operation at stride 1."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x
+
+
+class FactorizedReduce(nnx.Module):
+  """Halves the resolution with two offset stride-2 1x1 convs (DARTS).
+
+  Used for ``skip_connect`` at stride 2 and to preprocess the output of the
+  cell before a reduction cell. ``out_channels`` must be even.
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, rngs: nnx.Rngs):
+    if out_channels % 2:
+      raise ConfigError(
+          f"FactorizedReduce needs an even channel count, got {out_channels}")
+    self.conv_a = PointwiseConv(in_channels, out_channels // 2, rngs)
+    self.conv_b = PointwiseConv(in_channels, out_channels // 2, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jax.nn.relu(x)
+    if x.shape[1] % 2 or x.shape[2] % 2:
+      x = jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2),
+                      (0, 0)))
+    a = self.conv_a(x[:, ::2, ::2, :])
+    b = self.conv_b(x[:, 1::2, 1::2, :])
+    return normalize(jnp.concatenate([a, b], axis=-1))
+
+
+class ReLUConvNorm(nnx.Module):
+  """ReLU -> 1x1 conv -> norm: the preprocessing of a cell's inputs."""
+
+  def __init__(self, in_channels: int, out_channels: int, rngs: nnx.Rngs):
+    self.conv = PointwiseConv(in_channels, out_channels, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return normalize(self.conv(jax.nn.relu(x)))
+
+
+class DilatedConv(nnx.Module):
+  """ReLU -> depthwise k x k (dilated) conv -> 1x1 conv -> norm (DARTS)."""
+
+  def __init__(self, channels: int, kernel_size: int, stride: int,
+               dilation: int, rngs: nnx.Rngs, *, depthwise_impl: str = "auto"):
+    self.depthwise = DepthwiseConv(channels, kernel_size, stride, dilation,
+                                   rngs, impl=depthwise_impl)
+    self.pointwise = PointwiseConv(channels, channels, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return normalize(self.pointwise(self.depthwise(jax.nn.relu(x))))
+
+
+class SeparableConv(nnx.Module):
+  """Two stacked depthwise-separable convs; only the first is strided (DARTS)."""
+
+  def __init__(self, channels: int, kernel_size: int, stride: int,
+               rngs: nnx.Rngs, *, depthwise_impl: str = "auto"):
+    self.first = DilatedConv(channels, kernel_size, stride, 1, rngs,
+                             depthwise_impl=depthwise_impl)
+    self.second = DilatedConv(channels, kernel_size, 1, 1, rngs,
+                              depthwise_impl=depthwise_impl)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.second(self.first(x))
+
+
+class Pool(nnx.Module):
+  """3x3 max or average pooling (average excludes padding) -> norm."""
+
+  def __init__(self, kind: str, stride: int):
+    self.kind = kind
+    self.stride = stride
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    window = (1, 3, 3, 1)
+    strides = (1, self.stride, self.stride, 1)
+    padding = ((0, 0), (1, 1), (1, 1), (0, 0))
+    if self.kind == "max":
+      y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides,
+                                padding)
+    else:
+      total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides,
+                                    padding)
+      ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+      count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides,
+                                    padding)
+      y = total / count
+    return normalize(y)
+
+
+class StackedConv(nnx.Module):
+  """ReLU -> (1 x k conv -> k x 1 conv | k x k conv) -> norm (MetaNAS ops)."""
+
+  def __init__(self, channels: int, kernel_sizes: tuple[tuple[int, int], ...],
+               stride: int, rngs: nnx.Rngs):
+    strides = [stride] + [1] * (len(kernel_sizes) - 1)
+    self.convs = nnx.List([
+        Conv(channels, channels, k, s, rngs)
+        for k, s in zip(kernel_sizes, strides)])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jax.nn.relu(x)
+    for conv in self.convs:
+      x = conv(x)
+    return normalize(x)
+
+
+class OpConstructor(Protocol):
+
+  def __call__(self, channels: int, stride: int, rngs: nnx.Rngs, *,
+               depthwise_impl: str) -> nnx.Module:
+    ...
+
+
+OPS: dict[str, OpConstructor] = {}
+
+
+def register_op(name: str) -> Callable[[OpConstructor], OpConstructor]:
+  """Decorator that adds a candidate operation to :data:`OPS`."""
+
+  def register(constructor: OpConstructor) -> OpConstructor:
+    OPS[name] = constructor
+    return constructor
+
+  return register
+
+
+def _skip(channels, stride, rngs, *, depthwise_impl):
+  del depthwise_impl
+  if stride == 1:
+    return Identity()
+  return FactorizedReduce(channels, channels, rngs)
+
+
+register_op("none")(lambda c, s, rngs, *, depthwise_impl: Zero(s))
+register_op("skip_connect")(_skip)
+register_op("max_pool_3x3")(lambda c, s, rngs, *, depthwise_impl: Pool("max", s))
+register_op("avg_pool_3x3")(lambda c, s, rngs, *, depthwise_impl: Pool("avg", s))
+for _k in (3, 5):
+  register_op(f"sep_conv_{_k}x{_k}")(
+      lambda c, s, rngs, *, depthwise_impl, k=_k: SeparableConv(
+          c, k, s, rngs, depthwise_impl=depthwise_impl))
+  register_op(f"dil_conv_{_k}x{_k}")(
+      lambda c, s, rngs, *, depthwise_impl, k=_k: DilatedConv(
+          c, k, s, 2, rngs, depthwise_impl=depthwise_impl))
+register_op("conv_3x3")(
+    lambda c, s, rngs, *, depthwise_impl: StackedConv(c, ((3, 3),), s, rngs))
+register_op("conv_1x5_5x1")(
+    lambda c, s, rngs, *, depthwise_impl: StackedConv(
+        c, ((1, 5), (5, 1)), s, rngs))
+
+#: The eight DARTS candidate operations (Liu et al. 2019).
+DARTS_PRIMITIVES: tuple[str, ...] = (
+    "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+    "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+
+#: The seven MetaNAS few-shot operations (Elsken et al. 2020), no ``none``.
+METANAS_PRIMITIVES: tuple[str, ...] = (
+    "max_pool_3x3", "avg_pool_3x3", "skip_connect", "conv_1x5_5x1",
+    "conv_3x3", "sep_conv_3x3", "dil_conv_3x3")
+
+
+def check_primitives(primitives: tuple[str, ...]) -> None:
+  """Raises ConfigError naming any operation that is not registered."""
+  unknown = [p for p in primitives if p not in OPS]
+  if unknown:
+    raise ConfigError(
+        f"unknown operation(s) {unknown}; registered: {sorted(OPS)}")
+  if len(set(primitives)) != len(primitives):
+    raise ConfigError(f"duplicate operations in {list(primitives)}")
+
+
+def make_op(name: str, channels: int, stride: int, rngs: nnx.Rngs, *,
+            depthwise_impl: str = "auto") -> nnx.Module:
+  """Builds the registered operation ``name``."""
+  check_primitives((name,))
+  return OPS[name](channels, stride, rngs, depthwise_impl=depthwise_impl)

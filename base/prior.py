@@ -1,0 +1,271 @@
+"""The prior (and posterior) over architectures and weights, as a pytree.
+
+Both the meta-learned prior p_θ(α, w) and a task posterior q_τ(α, w) are a
+:class:`SupernetDist`:
+
+* α: one categorical per edge and cell type over the candidate operations,
+  given by ``arch_logits`` (``{"normal": [E, O], "reduce": [E, O]}``),
+  relaxed to a Concrete / Gumbel-softmax distribution when sampled;
+* w: a mean-field Gaussian over every supernet weight, ``weight_mean`` and
+  ``weight_log_std`` (nested dicts with the supernet's structure).
+
+The ``spec`` (a :class:`~base.supernet.SupernetSpec`) is static pytree data, so
+``jax.tree.map`` and ``jit`` see only the arrays. ``save_prior``/``load_prior``
+write and read one self-describing file that also holds the spec, so a saved
+prior can be used without the code or config that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization, struct
+
+from base import distributions
+from base.errors import CheckpointError, ConfigError
+from base.supernet import (CELL_TYPES, SupernetSpec, init_arch_logits,
+                           init_supernet_weights)
+
+FORMAT = "base-prior"
+FORMAT_VERSION = 1
+WEIGHT_POSTERIORS = ("gaussian", "point")
+
+
+@struct.dataclass
+class SupernetDist:
+  """A distribution over (architecture, weights) of one supernet."""
+  arch_logits: dict[str, jax.Array]
+  weight_mean: dict[str, Any]
+  weight_log_std: dict[str, Any]
+  spec: SupernetSpec = struct.field(pytree_node=False)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The arrays as a plain nested dict (no spec)."""
+    return {"arch_logits": self.arch_logits, "weight_mean": self.weight_mean,
+            "weight_log_std": self.weight_log_std}
+
+  @property
+  def arch_probs(self) -> dict[str, jax.Array]:
+    return {k: jax.nn.softmax(v, axis=-1) for k, v in self.arch_logits.items()}
+
+
+def init_prior(spec: SupernetSpec, key: jax.Array,
+               weight_std: float = 0.01) -> SupernetDist:
+  """A fresh prior: uniform architecture, He-initialised weight means.
+
+  Args:
+    weight_std: initial standard deviation of every weight (prior scale).
+  """
+  if weight_std <= 0:
+    raise ConfigError(f"weight_std must be positive, got {weight_std}")
+  mean = init_supernet_weights(spec, key)
+  log_std = jax.tree.map(lambda m: jnp.full_like(m, np.log(weight_std)), mean)
+  return SupernetDist(init_arch_logits(spec), mean, log_std, spec)
+
+
+def sample_weights(dist: SupernetDist, key: jax.Array,
+                   weight_posterior: str = "gaussian") -> dict[str, Any]:
+  """A reparameterised weight sample (the mean for a point posterior)."""
+  if weight_posterior == "point":
+    return dist.weight_mean
+  leaves, treedef = jax.tree.flatten(dist.weight_mean)
+  keys = jax.random.split(key, len(leaves))
+  stds = jax.tree.leaves(dist.weight_log_std)
+  return jax.tree.unflatten(treedef, [
+      m + jnp.exp(s) * jax.random.normal(k, m.shape, m.dtype)
+      for m, s, k in zip(leaves, stds, keys)])
+
+
+def sample_arch(dist: SupernetDist, key: jax.Array, temperature: jax.Array,
+                hard: bool = False) -> dict[str, jax.Array]:
+  """A relaxed (or straight-through hard) sample of every edge's op weights."""
+  keys = jax.random.split(key, len(CELL_TYPES))
+  return {name: distributions.gumbel_softmax(k, dist.arch_logits[name],
+                                             temperature, hard=hard)
+          for name, k in zip(CELL_TYPES, keys)}
+
+
+def expected_arch(dist: SupernetDist) -> dict[str, jax.Array]:
+  """The mean relaxed architecture, softmax(logits), for deterministic use."""
+  return dist.arch_probs
+
+
+def arch_kl(q: SupernetDist, p: SupernetDist) -> jax.Array:
+  """Σ over edges of KL(Cat(q) ‖ Cat(p)) between the underlying categoricals.
+
+  The KL between two Concrete distributions has no closed form; the KL of the
+  categoricals they relax is exact for the discrete architecture and is what
+  the relaxation converges to as the temperature goes to zero.
+  """
+  return sum(jnp.sum(distributions.categorical_kl(q.arch_logits[k],
+                                                  p.arch_logits[k]))
+             for k in CELL_TYPES)
+
+
+def weight_kl(q: SupernetDist, p: SupernetDist,
+              weight_posterior: str = "gaussian") -> jax.Array:
+  """KL(q(w) ‖ p(w)) for the Gaussian posterior, summed over all weights.
+
+  For a point posterior (``weight_posterior="point"``) the term is the
+  negative log prior density of the point, −log p(μ_q) up to a constant: the
+  MAP form of the ELBO, whose gradient in ``log_std_p`` still meta-learns the
+  prior's scale.
+  """
+  def gaussian_kl(mq, sq, mp, sp):
+    return jnp.sum(sp - sq + (jnp.exp(2 * sq) + (mq - mp) ** 2)
+                   / (2 * jnp.exp(2 * sp)) - 0.5)
+
+  def neg_log_density(mq, mp, sp):
+    return jnp.sum(sp + (mq - mp) ** 2 / (2 * jnp.exp(2 * sp)))
+
+  if weight_posterior == "point":
+    terms = jax.tree.map(neg_log_density, q.weight_mean, p.weight_mean,
+                         p.weight_log_std)
+  elif weight_posterior == "gaussian":
+    terms = jax.tree.map(gaussian_kl, q.weight_mean, q.weight_log_std,
+                         p.weight_mean, p.weight_log_std)
+  else:
+    raise ConfigError(f"unknown weight_posterior {weight_posterior!r}; "
+                      f"expected one of {WEIGHT_POSTERIORS}")
+  return sum(jax.tree.leaves(terms))
+
+
+def arch_entropy(dist: SupernetDist) -> dict[str, jax.Array]:
+  """Entropy (nats) of every edge's categorical, ``{"normal": [E], ...}``."""
+  return {k: distributions.categorical_entropy(v)
+          for k, v in dist.arch_logits.items()}
+
+
+# ----------------------------------------------------------------------------
+# Saving and loading.
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """``{"a": {"b": x}}`` -> ``{"a/b": x}`` (leaves kept as they are)."""
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, path))
+    else:
+      flat[path] = value
+  return flat
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  tree: dict[Any, Any] = {}
+  for path, value in flat.items():
+    node = tree
+    parts = [int(p) if p.isdigit() else p for p in path.split("/")]
+    for part in parts[:-1]:
+      node = node.setdefault(part, {})
+    node[parts[-1]] = jnp.asarray(value)
+  return tree
+
+
+def _checksum(arrays: Mapping[str, np.ndarray], header: str) -> str:
+  digest = hashlib.sha256(header.encode())
+  for path in sorted(arrays):
+    digest.update(path.encode())
+    digest.update(np.ascontiguousarray(arrays[path]).tobytes())
+  return digest.hexdigest()
+
+
+def save_prior(path: str | os.PathLike, prior: SupernetDist,
+               metadata: Mapping[str, Any] | None = None) -> None:
+  """Writes ``prior`` (arrays, spec, metadata) to one file, atomically.
+
+  The file is written beside ``path`` and renamed over it, so an existing
+  prior at ``path`` survives a crash mid-write.
+  """
+  arrays = {key: np.asarray(jax.device_get(value))
+            for key, value in _flatten(prior.to_dict()).items()}
+  header = json.dumps({"format": FORMAT, "version": FORMAT_VERSION,
+                       "spec": prior.spec.to_dict(),
+                       "metadata": dict(metadata or {})}, sort_keys=True)
+  blob = serialization.msgpack_serialize({
+      "header": header, "arrays": arrays,
+      "sha256": _checksum(arrays, header)})
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(blob)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def load_prior(path: str | os.PathLike,
+               return_metadata: bool = False) -> SupernetDist | tuple[
+                   SupernetDist, dict[str, Any]]:
+  """Reads a prior written by :func:`save_prior`.
+
+  Returns a :class:`SupernetDist`, whose ``to_dict()`` is a plain nested dict
+  of arrays and whose ``spec`` rebuilds the supernet; with
+  ``return_metadata`` also the metadata dict saved with it.
+
+  Raises:
+    CheckpointError: the file is missing, truncated, corrupt, of another
+      format, or its arrays do not fit its own supernet spec.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"prior file not found: {path}")
+  try:
+    with open(path, "rb") as f:
+      contents = serialization.msgpack_restore(f.read())
+    header_text = contents["header"]
+    header = json.loads(header_text)
+    arrays = contents["arrays"]
+    stored_sum = contents["sha256"]
+  except Exception as e:  # msgpack, json and key errors alike
+    raise CheckpointError(
+        f"corrupt or unreadable prior file {path}: {type(e).__name__}") from None
+  if header.get("format") != FORMAT:
+    raise CheckpointError(f"{path} is not a BASE prior file")
+  if header.get("version") != FORMAT_VERSION:
+    raise CheckpointError(f"{path} has prior format version "
+                          f"{header.get('version')}, expected {FORMAT_VERSION}")
+  try:
+    arrays = {path: np.asarray(value)
+              for path, value in _flatten(arrays).items()}
+  except (AttributeError, TypeError, ValueError):
+    raise CheckpointError(f"corrupt prior file {path}: malformed arrays") from None
+  if _checksum(arrays, header_text) != stored_sum:
+    raise CheckpointError(f"corrupt prior file {path}: checksum mismatch")
+  try:
+    spec = SupernetSpec.from_dict(header["spec"])
+  except ConfigError as e:
+    raise CheckpointError(f"prior file {path} has an invalid spec: {e}") from None
+  tree = _unflatten(arrays)
+  prior = SupernetDist(tree.get("arch_logits", {}), tree.get("weight_mean", {}),
+                       tree.get("weight_log_std", {}), spec)
+  check_fits_spec(prior, source=path)
+  if return_metadata:
+    return prior, header.get("metadata", {})
+  return prior
+
+
+def check_fits_spec(dist: SupernetDist, source: str = "prior") -> None:
+  """Raises CheckpointError unless the arrays have the spec's structure."""
+  expected = jax.eval_shape(lambda: init_prior(dist.spec, jax.random.key(0)))
+  want = {k: v.shape for k, v in _flatten(expected.to_dict()).items()}
+  have = {k: np.shape(v) for k, v in _flatten(dist.to_dict()).items()}
+  if want != have:
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    raise CheckpointError(
+        f"{source} does not match its supernet spec: missing {missing[:3]}, "
+        f"unexpected {extra[:3]}, wrong shapes {wrong[:3]}")

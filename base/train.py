@@ -1,0 +1,442 @@
+"""Meta-training, adaptation and evaluation loops around the compiled steps.
+
+``launch.py`` dispatches here; notebooks and tests call the same functions.
+Everything inside the loops that touches arrays is a jitted pure function
+(``base.meta.meta_step``, :func:`adapt_and_score`); this module only samples
+episodes, schedules the temperature, logs, checkpoints and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from base import config_utils, distributions
+from base import prior as prior_lib
+from base.adaptation import AdaptConfig, accuracy, adapt_posterior, predict
+from base.checkpoints import MetaCheckpointer
+from base.data import Episode, EpisodeSampler, make_task_families
+from base.errors import BaseUserError, ConfigError
+from base.genotype import Genotype, derive_genotype
+from base.meta import MetaOptConfig, MetaState, init_meta_state, meta_step
+from base.prior import SupernetDist
+from base.supernet import SupernetSpec
+
+PRIOR_FILENAME = "prior.msgpack"
+METRICS_FILENAME = "metrics.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Meta-training loop settings.
+
+  Attributes:
+    num_steps: meta-steps in total (a resumed run stops there too).
+    meta_batch_size: tasks per meta-step.
+    log_every: fetch metrics from the device and log every this many steps.
+    checkpoint_every: save a resumable checkpoint every this many steps.
+  """
+  num_steps: int = 200
+  meta_batch_size: int = 4
+  log_every: int = 10
+  checkpoint_every: int = 50
+
+  def __post_init__(self):
+    for name in ("num_steps", "meta_batch_size", "log_every",
+                 "checkpoint_every"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"train.{name} must be >= 1, got "
+                          f"{getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TemperatureConfig:
+  """Gumbel-softmax temperature schedule over meta-training steps.
+
+  ``steps=0`` anneals over the whole run (``train.num_steps``).
+  """
+  schedule: str = "exponential"
+  initial: float = 1.0
+  final: float = 0.5
+  steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig:
+  """Initial prior: ``weight_std`` is every weight's initial scale."""
+  weight_std: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+  """Evaluation on meta-test episodes.
+
+  Attributes:
+    episodes: meta-test episodes to adapt to and score.
+    adapt_steps: ELBO steps at test time (0: as in meta-training).
+    seed: seeds the meta-test episodes, the same for every method.
+    baselines: also score the unadapted prior and a random-init supernet
+      adapted with the same budget.
+  """
+  episodes: int = 100
+  adapt_steps: int = 0
+  seed: int = 1234
+  baselines: bool = True
+
+
+class Experiment(NamedTuple):
+  """A config parsed once into typed parts (no arrays yet)."""
+  config: Any
+  train_family: EpisodeSampler
+  test_family: EpisodeSampler
+  spec: SupernetSpec
+  adapt: AdaptConfig
+  meta: MetaOptConfig
+  train: TrainConfig
+  temperature: TemperatureConfig
+  prior: PriorConfig
+  evaluate: EvaluateConfig
+
+  @property
+  def schedule(self):
+    t = self.temperature
+    return distributions.temperature_schedule(
+        t.schedule, t.initial, t.final, t.steps or self.train.num_steps)
+
+  @property
+  def final_temperature(self) -> float:
+    return float(self.schedule(self.train.num_steps))
+
+
+def build_experiment(config: Any) -> Experiment:
+  """Validates ``config`` and loads its data; raises one-line user errors."""
+  config_utils.check_top_level(config)
+  method = config.get("method", "base")
+  if method != "base":
+    raise ConfigError(f"unknown method {method!r}; available: base")
+  train_family, test_family = make_task_families(config.data)
+  height, width, channels = train_family.image_shape
+  spec = config_utils.dataclass_from_config(
+      SupernetSpec, config.supernet, "supernet",
+      num_classes=train_family.num_ways, in_channels=channels)
+  return Experiment(
+      config=config, train_family=train_family, test_family=test_family,
+      spec=spec,
+      adapt=config_utils.dataclass_from_config(AdaptConfig, config.adapt,
+                                               "adapt"),
+      meta=config_utils.dataclass_from_config(MetaOptConfig, config.meta,
+                                              "meta"),
+      train=config_utils.dataclass_from_config(TrainConfig, config.train,
+                                               "train"),
+      temperature=config_utils.dataclass_from_config(
+          TemperatureConfig, config.temperature, "temperature"),
+      prior=config_utils.dataclass_from_config(PriorConfig, config.prior,
+                                               "prior"),
+      evaluate=config_utils.dataclass_from_config(
+          EvaluateConfig, config.get("evaluate"), "evaluate"))
+
+
+def episode_rng(seed: int, step: int) -> np.random.Generator:
+  """The episode sampler's generator for a step: resumable by construction."""
+  return np.random.default_rng([seed, step])
+
+
+def step_key(seed: int, step: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to ``workdir/metrics.jsonl``."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, METRICS_FILENAME)
+
+  def write(self, record: dict[str, Any]) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _check_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} is not writable: {e.strerror}") from None
+  return workdir
+
+
+class NonFiniteLossError(BaseUserError, FloatingPointError):
+  """The meta-loss became NaN or infinite."""
+
+
+def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = None,
+               progress: bool = True) -> MetaState:
+  """Meta-trains a prior, resuming from ``workdir``'s latest checkpoint.
+
+  Writes ``checkpoints/``, ``metrics.jsonl`` and, at the end,
+  ``prior.msgpack`` into ``workdir``. Returns the final meta-state.
+  """
+  exp = experiment or build_experiment(config)
+  workdir = _check_workdir(workdir)
+  seed = int(config.seed)
+  checkpointer = MetaCheckpointer(workdir)
+  prior = prior_lib.init_prior(exp.spec, jax.random.key(seed),
+                               exp.prior.weight_std)
+  state = init_meta_state(prior, exp.meta)
+  start = checkpointer.latest_step() or 0
+  if start:
+    state = checkpointer.restore(state, start)
+  schedule = exp.schedule
+  metrics_writer = MetricsWriter(workdir)
+  bar = tqdm.tqdm(total=exp.train.num_steps, initial=start, desc="meta-train",
+                  disable=not progress, dynamic_ncols=True)
+  pending, last_logged = [], None
+  for step in range(start, exp.train.num_steps):
+    episodes = exp.train_family.sample_batch(episode_rng(seed, step),
+                                             exp.train.meta_batch_size)
+    temperature = schedule(step)
+    state, metrics = meta_step(state, episodes, step_key(seed, step),
+                               temperature, cfg=exp.adapt, opt_cfg=exp.meta)
+    pending.append(metrics)
+    done = step + 1
+    if done % exp.train.log_every == 0 or done == exp.train.num_steps:
+      record = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
+                for k in pending[0]}
+      pending = []
+      if not all(math.isfinite(v) for v in record.values()):
+        checkpointer.close()
+        raise NonFiniteLossError(
+            f"non-finite meta-loss at step {done} ({record}); the last good "
+            f"checkpoint in {checkpointer.directory} is kept")
+      record.update(step=done, temperature=float(temperature),
+                    time=time.time())
+      metrics_writer.write(record)
+      last_logged = record
+      bar.set_postfix(loss=f"{record['meta_loss']:.3f}",
+                      acc=f"{record['query_accuracy']:.3f}")
+    if done % exp.train.checkpoint_every == 0 or done == exp.train.num_steps:
+      checkpointer.save(done, state)
+    bar.update(1)
+  bar.close()
+  checkpointer.close()
+  prior_lib.save_prior(
+      os.path.join(workdir, PRIOR_FILENAME), state.prior,
+      metadata={"step": int(state.step),
+                "temperature": exp.final_temperature,
+                "adapt": dataclasses.asdict(exp.adapt),
+                "last_metrics": last_logged})
+  return state
+
+
+# ----------------------------------------------------------------------------
+# Adaptation to new tasks.
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "steps"))
+def _adapt_single(prior, key, support_x, support_y, temperature, *, cfg, steps):
+  return adapt_posterior(prior, key, support_x, support_y, temperature, cfg,
+                         steps)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _predict(dist, key, x, temperature, *, cfg):
+  return predict(dist, key, x, temperature, cfg)
+
+
+@dataclasses.dataclass
+class Adaptation:
+  """The result of adapting a prior to one task."""
+  posterior: SupernetDist
+  genotype: Genotype | None
+  support_accuracy: float
+  query_accuracy: float | None
+  edge_entropy: dict[str, np.ndarray]  # nats, per edge and cell type
+  seconds: float
+
+  def summary(self) -> str:
+    query = ("n/a" if self.query_accuracy is None
+             else f"{self.query_accuracy:.3f}")
+    entropy = {k: float(np.mean(v)) for k, v in self.edge_entropy.items()}
+    return (f"support accuracy {self.support_accuracy:.3f}, query accuracy "
+            f"{query}, mean edge entropy {entropy} nats, "
+            f"{self.seconds:.2f} s\ngenotype: {self.genotype}")
+
+
+def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
+          query_x: Any = None, query_y: Any = None, *,
+          config: AdaptConfig | None = None, temperature: float = 0.5,
+          steps: int | None = None, seed: int = 0,
+          derive: bool = True) -> Adaptation:
+  """Adapts ``prior`` to one task; returns posterior, genotype and metrics.
+
+  Args:
+    prior: a meta-learned (or any) :class:`SupernetDist`.
+    support_x: ``[n, H, W, C]`` images, float in [0, 1]; support_y: ``[n]``
+      labels in ``0..num_classes-1``.
+    query_x, query_y: optional held-out images of the same classes to score.
+    config: the inner optimisation (default ``AdaptConfig()``).
+    temperature: Gumbel-softmax temperature (use the prior's final one).
+    steps: ELBO steps (default ``config.steps``).
+    seed: seeds the posterior's samples.
+    derive: derive the genotype (skip it in tight evaluation loops).
+  """
+  cfg = config or AdaptConfig()
+  steps = cfg.steps if steps is None else steps
+  support_x, support_y = _check_task(prior.spec, support_x, support_y,
+                                     "support")
+  if (query_x is None) != (query_y is None):
+    raise ConfigError("give both query_x and query_y, or neither")
+  key = jax.random.key(seed)
+  adapt_key, eval_key = jax.random.split(key)
+  temperature = jnp.float32(temperature)
+  start = time.perf_counter()
+  posterior = _adapt_single(prior, adapt_key, support_x, support_y,
+                            temperature, cfg=cfg, steps=steps)
+  jax.block_until_ready(posterior)
+  seconds = time.perf_counter() - start
+  support_probs = _predict(posterior, eval_key, support_x, temperature, cfg=cfg)
+  query_accuracy = None
+  if query_x is not None:
+    query_x, query_y = _check_task(prior.spec, query_x, query_y, "query")
+    query_probs = _predict(posterior, eval_key, query_x, temperature, cfg=cfg)
+    query_accuracy = float(accuracy(query_probs, query_y))
+  genotype = None
+  if derive:
+    genotype = derive_genotype(posterior.arch_logits, prior.spec.primitives,
+                               prior.spec.num_nodes)
+  entropy = jax.device_get(prior_lib.arch_entropy(posterior))
+  return Adaptation(posterior, genotype,
+                    float(accuracy(support_probs, support_y)), query_accuracy,
+                    entropy, seconds)
+
+
+def _check_task(spec: SupernetSpec, x: Any, y: Any, name: str):
+  x = np.asarray(x)
+  y = np.asarray(y)
+  if x.ndim != 4 or x.shape[-1] != spec.in_channels:
+    raise ConfigError(f"{name} images must be [n, H, W, {spec.in_channels}] "
+                      f"for this prior, got shape {x.shape}")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ConfigError(f"{name} images must be floats in [0, 1], got dtype "
+                      f"{x.dtype}")
+  if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+    raise ConfigError(f"{name} labels must be {x.shape[0]} integers, got "
+                      f"shape {y.shape} dtype {y.dtype}")
+  if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
+    raise ConfigError(f"{name} labels must lie in 0..{spec.num_classes - 1}, "
+                      f"got {y.min()}..{y.max()}")
+  return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation on meta-test episodes.
+
+
+def confidence_interval(values: Any, z: float = 1.96) -> tuple[float, float]:
+  """Mean and half-width of the normal-approximation 95% interval."""
+  values = np.asarray(values, np.float64)
+  if values.size < 2:
+    return float(values.mean()), float("nan")
+  return (float(values.mean()),
+          float(z * values.std(ddof=1) / np.sqrt(values.size)))
+
+
+def score_prior(prior: SupernetDist, family: EpisodeSampler,
+                cfg: AdaptConfig, temperature: float, *, episodes: int,
+                steps: int, seed: int) -> dict[str, Any]:
+  """Adapts to ``episodes`` meta-test episodes; accuracy mean ± 95% CI.
+
+  Episodes run one by one through the single-task programs of :func:`adapt`
+  (compiled once, shared with it); on CPU that beats vmapping tasks.
+  """
+  rng = np.random.default_rng(seed)
+  accuracies, support, seconds = [], [], 0.0
+  for index in range(episodes):
+    episode = family.sample(rng)
+    result = adapt(prior, episode.support_x, episode.support_y,
+                   episode.query_x, episode.query_y, config=cfg,
+                   temperature=temperature, steps=steps,
+                   seed=seed * 100_003 + index, derive=False)
+    accuracies.append(result.query_accuracy)
+    support.append(result.support_accuracy)
+    seconds += result.seconds
+  mean, half_width = confidence_interval(accuracies)
+  return {"query_accuracy": mean, "ci95": half_width,
+          "support_accuracy": float(np.mean(support)), "episodes": episodes,
+          "adapt_steps": steps, "seconds_per_task": seconds / episodes}
+
+
+def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
+             experiment: Experiment | None = None) -> dict[str, Any]:
+  """Scores a saved prior on meta-test episodes, with baselines.
+
+  Writes ``results.json`` into ``workdir`` and returns its contents.
+  """
+  exp = experiment or build_experiment(config)
+  workdir = _check_workdir(workdir)
+  path = prior_path or config.get("prior_path") or os.path.join(
+      workdir, PRIOR_FILENAME)
+  prior, metadata = prior_lib.load_prior(path, return_metadata=True)
+  if prior.spec.num_classes != exp.spec.num_classes or (
+      prior.spec.in_channels != exp.spec.in_channels):
+    raise ConfigError(
+        f"prior {path} is for {prior.spec.num_classes}-way tasks with "
+        f"{prior.spec.in_channels} channels; the config asks for "
+        f"{exp.spec.num_classes}-way with {exp.spec.in_channels}")
+  ev = exp.evaluate
+  temperature = float(metadata.get("temperature", exp.final_temperature))
+  steps = ev.adapt_steps or exp.adapt.steps
+  common = dict(episodes=ev.episodes, seed=ev.seed)
+  rows = {"base (meta-learned prior, adapted)": score_prior(
+      prior, exp.test_family, exp.adapt, temperature, steps=steps, **common)}
+  if ev.baselines:
+    rows["meta-learned prior, not adapted"] = score_prior(
+        prior, exp.test_family, exp.adapt, temperature, steps=0, **common)
+    random_prior = prior_lib.init_prior(
+        prior.spec, jax.random.key(int(config.seed) + 1),
+        exp.prior.weight_std)
+    rows["random init, adapted (same budget)"] = score_prior(
+        random_prior, exp.test_family, exp.adapt, temperature, steps=steps,
+        **common)
+  episode = exp.test_family.sample(np.random.default_rng(ev.seed))
+  adaptation = adapt(prior, episode.support_x, episode.support_y,
+                     episode.query_x, episode.query_y, config=exp.adapt,
+                     temperature=temperature, steps=steps, seed=ev.seed)
+  results = {
+      "prior": os.path.abspath(path),
+      "protocol": (f"{exp.test_family.num_ways}-way "
+                   f"{exp.test_family.num_shots}-shot, "
+                   f"{exp.test_family.num_queries} queries per class, "
+                   f"meta-test classes"),
+      "temperature": temperature,
+      "methods": rows,
+      "example_genotype": adaptation.genotype.to_dict(),
+  }
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+  """A Markdown table of :func:`evaluate`'s results."""
+  lines = [f"Protocol: {results['protocol']}", "",
+           "| method | query accuracy | 95% CI | adapt s/task |",
+           "| --- | --- | --- | --- |"]
+  for name, row in results["methods"].items():
+    lines.append(f"| {name} | {row['query_accuracy']:.3f} | "
+                 f"± {row['ci95']:.3f} | {row['seconds_per_task']:.3f} |")
+  return "\n".join(lines)

@@ -1,0 +1,53 @@
+r"""Quickstart: meta-train a small prior on scikit-learn's digits, adapt, derive.
+
+Needs no download. Meta-trains over 5-way 1-shot tasks built from 5 digits
+(each rotated by 0/90/180/270 degrees into 20 classes), then adapts the prior
+to tasks over the 5 held-out digits, compares it with baselines and prints the
+derived genotype. A few minutes on 2 CPU cores (most of it XLA compiling the
+meta-step once; the compiled programs are cached on disk for later runs).
+
+  python launch.py --config=configs/quickstart.py --workdir=runs/quickstart
+"""
+
+import ml_collections
+
+from base import ops
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.mode = "all"  # meta_train | evaluate | adapt | all
+  config.method = "base"
+  config.seed = 0
+  config.prior_path = ""  # default: <workdir>/prior.msgpack
+
+  config.data = ml_collections.ConfigDict(dict(
+      source="digits", path="", image_size=8,
+      rotations=(0, 90, 180, 270), num_test_classes=5,
+      num_ways=5, num_shots=1, num_queries=5, seed=0,
+      tfds_name="", tfds_split="train"))
+
+  config.supernet = ml_collections.ConfigDict(dict(
+      channels=8, num_cells=2, num_nodes=2, stem_multiplier=2,
+      primitives=ops.DARTS_PRIMITIVES, reduction_cells=(1,),
+      depthwise_impl="auto"))
+
+  config.prior = ml_collections.ConfigDict(dict(weight_std=0.01))
+
+  config.adapt = ml_collections.ConfigDict(dict(
+      steps=3, lr_weights=0.5, lr_arch=2.0, lr_log_std=0.0, beta=1e-3,
+      first_order=True, weight_posterior="gaussian", hard=False,
+      eval_samples=4, unroll=False))
+
+  config.meta = ml_collections.ConfigDict(dict(
+      lr_arch=3e-3, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0))
+
+  config.temperature = ml_collections.ConfigDict(dict(
+      schedule="exponential", initial=1.0, final=0.5, steps=0))
+
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=300, meta_batch_size=8, log_every=10, checkpoint_every=100))
+
+  config.evaluate = ml_collections.ConfigDict(dict(
+      episodes=100, adapt_steps=0, seed=1234, baselines=True))
+  return config

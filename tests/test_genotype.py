@@ -1,0 +1,98 @@
+"""Genotypes: derivation, JSON, the standalone network and its size."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from base import ops
+from base.data import load_digits
+from base.errors import ConfigError
+from base.genotype import (Genotype, build_genotype_network, derive_genotype,
+                           genotype_param_count)
+from base.standalone import (StandaloneTrainConfig, evaluate_classifier,
+                             train_classifier)
+from base.supernet import count_params
+
+PRIMS = ops.DARTS_PRIMITIVES  # none, max, avg, skip, sep3, sep5, dil3, dil5
+
+
+def _logits(num_nodes=2):
+  edges = sum(2 + i for i in range(num_nodes))
+  return np.zeros((edges, len(PRIMS)), np.float32)
+
+
+def test_derivation_keeps_the_strongest_non_none_edges():
+  normal = _logits()
+  normal[0, PRIMS.index("none")] = 9.0  # 'none' is never chosen ...
+  normal[0, PRIMS.index("sep_conv_3x3")] = 2.0  # ... its best other op is
+  normal[1, PRIMS.index("skip_connect")] = 1.0
+  normal[2, PRIMS.index("dil_conv_5x5")] = 3.0  # node 1: edges 2, 3, 4
+  normal[3, PRIMS.index("max_pool_3x3")] = 0.5
+  normal[4, PRIMS.index("avg_pool_3x3")] = 4.0
+  reduce = _logits()
+  reduce[:, PRIMS.index("sep_conv_5x5")] = 1.0
+  genotype = derive_genotype({"normal": normal, "reduce": reduce}, PRIMS, 2)
+  assert genotype.normal == (("sep_conv_3x3", 0), ("skip_connect", 1),
+                             ("dil_conv_5x5", 0), ("avg_pool_3x3", 2))
+  assert genotype.reduce == (("sep_conv_5x5", 0), ("sep_conv_5x5", 1),
+                             ("sep_conv_5x5", 0), ("sep_conv_5x5", 1))
+  assert genotype.normal_concat == (2, 3)
+
+
+def test_json_round_trip():
+  genotype = Genotype(normal=(("sep_conv_3x3", 0), ("skip_connect", 1)),
+                      normal_concat=(2,),
+                      reduce=(("max_pool_3x3", 0), ("dil_conv_3x3", 1)),
+                      reduce_concat=(2,))
+  assert Genotype.from_json(genotype.to_json()) == genotype
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"normal": [["conv_99x99", 0], ["skip_connect", 1]], "normal_concat": [2],'
+     ' "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}',
+     "conv_99x99"),
+    ('{"normal": [["skip_connect", 5], ["skip_connect", 1]], "normal_concat": [2],'
+     ' "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}',
+     "reads state 5"),
+    ('{"normal": []}', "missing keys"),
+    ('[1, 2]', "JSON object"),
+    ('{not json', "not valid JSON"),
+])
+def test_malformed_genotypes_are_named(text, match):
+  with pytest.raises(ConfigError, match=match):
+    Genotype.from_json(text)
+
+
+@pytest.mark.parametrize("num_cells,reduction_cells", [(3, None), (2, (1,))])
+def test_standalone_network_has_the_genotypes_parameter_count(
+    num_cells, reduction_cells):
+  rng = np.random.default_rng(0)
+  logits = {k: rng.normal(size=(5, len(PRIMS))) for k in ("normal", "reduce")}
+  genotype = derive_genotype(logits, PRIMS, 2)
+  kwargs = dict(num_classes=10, in_channels=3, channels=6,
+                num_cells=num_cells, reduction_cells=reduction_cells)
+  net = build_genotype_network(genotype, rngs=nnx.Rngs(0), **kwargs)
+  assert count_params(net) == genotype_param_count(genotype, **kwargs)
+  y = net(jnp.ones((2, 8, 8, 3)))
+  assert y.shape == (2, 10)
+
+
+def test_standalone_network_trains_on_digits():
+  data = load_digits()
+  genotype = Genotype(normal=(("sep_conv_3x3", 0), ("skip_connect", 1)),
+                      normal_concat=(2,),
+                      reduce=(("max_pool_3x3", 0), ("sep_conv_3x3", 1)),
+                      reduce_concat=(2,))
+  net = build_genotype_network(genotype, num_classes=10, in_channels=1,
+                               channels=8, num_cells=2, reduction_cells=(1,),
+                               rngs=nnx.Rngs(0))
+  train_x, train_y = data.images[:1200], data.labels[:1200]
+  test_x, test_y = data.images[1200:], data.labels[1200:]
+  before = evaluate_classifier(net, test_x, test_y)
+  history = train_classifier(net, train_x, train_y, StandaloneTrainConfig(
+      epochs=3, batch_size=50, learning_rate=0.1))
+  after = evaluate_classifier(net, test_x, test_y)
+  assert history[-1]["loss"] < history[0]["loss"]
+  assert after > 0.8 and after > before + 0.5, (before, after)

@@ -1,0 +1,110 @@
+"""The prior pytree: KL terms, sampling, and the saved file format."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as npd
+import pytest
+
+import base
+from base import prior as prior_lib
+from base.errors import CheckpointError
+from tests.conftest import tiny_spec
+
+
+@pytest.fixture(scope="module")
+def prior():
+  p = prior_lib.init_prior(tiny_spec(), jax.random.key(0), weight_std=0.05)
+  # Make every array distinct so a shuffled load could not pass.
+  return jax.tree.map(
+      lambda x: x + 0.01 * jax.random.normal(jax.random.key(x.size), x.shape),
+      p)
+
+
+def test_save_load_round_trip_is_exact(prior, tmp_path):
+  path = tmp_path / "prior.msgpack"
+  base.save_prior(path, prior, metadata={"step": 7})
+  loaded, metadata = base.load_prior(path, return_metadata=True)
+  assert loaded.spec == prior.spec and metadata == {"step": 7}
+  assert jax.tree.structure(loaded) == jax.tree.structure(prior)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(prior)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+  plain = loaded.to_dict()  # a plain nested dict of arrays
+  assert set(plain) == {"arch_logits", "weight_mean", "weight_log_std"}
+  assert isinstance(plain["weight_mean"]["cells"][0], dict)
+
+
+def test_corrupt_files_are_named(prior, tmp_path):
+  path = tmp_path / "prior.msgpack"
+  base.save_prior(path, prior)
+  blob = path.read_bytes()
+  cases = {
+      "truncated": blob[: len(blob) // 2],
+      "garbage": b"this is not a prior",
+      "flipped": blob[:-20] + bytes([blob[-20] ^ 0xFF]) + blob[-19:],
+  }
+  for name, data in cases.items():
+    bad = tmp_path / f"{name}.msgpack"
+    bad.write_bytes(data)
+    with pytest.raises(CheckpointError, match=str(bad)):
+      base.load_prior(bad)
+  with pytest.raises(CheckpointError, match="not found"):
+    base.load_prior(tmp_path / "missing.msgpack")
+
+
+def test_saving_over_a_prior_is_atomic(prior, tmp_path):
+  path = tmp_path / "prior.msgpack"
+  base.save_prior(path, prior)
+  before = path.read_bytes()
+  bad = prior.replace(weight_mean={"not": object()})
+  with pytest.raises(Exception):
+    base.save_prior(path, bad)
+  assert path.read_bytes() == before
+  assert os.listdir(tmp_path) == ["prior.msgpack"]
+
+
+def test_prior_with_another_spec_is_rejected(prior, tmp_path):
+  path = tmp_path / "prior.msgpack"
+  other = prior.replace(spec=tiny_spec(channels=8))  # arrays do not fit
+  base.save_prior(path, other)
+  with pytest.raises(CheckpointError, match="does not match its supernet"):
+    base.load_prior(path)
+
+
+def test_kl_terms(prior):
+  assert float(prior_lib.arch_kl(prior, prior)) == 0.0
+  assert float(prior_lib.weight_kl(prior, prior)) == pytest.approx(0.0,
+                                                                   abs=1e-3)
+  shifted = prior.replace(
+      weight_mean=jax.tree.map(lambda m: m + 0.1, prior.weight_mean),
+      weight_log_std=jax.tree.map(lambda s: s + 0.3, prior.weight_log_std),
+      arch_logits=jax.tree.map(lambda a: a.at[:, 1].add(1.0),
+                               prior.arch_logits))
+  expected = sum(
+      float(jnp.sum(npd.kl_divergence(npd.Normal(mq, jnp.exp(sq)),
+                                      npd.Normal(mp, jnp.exp(sp)))))
+      for mq, sq, mp, sp in zip(jax.tree.leaves(shifted.weight_mean),
+                                jax.tree.leaves(shifted.weight_log_std),
+                                jax.tree.leaves(prior.weight_mean),
+                                jax.tree.leaves(prior.weight_log_std)))
+  assert float(prior_lib.weight_kl(shifted, prior)) == pytest.approx(
+      expected, rel=1e-4)
+  assert float(prior_lib.arch_kl(shifted, prior)) > 0
+  point = prior_lib.weight_kl(shifted, prior, "point")
+  point_again = prior_lib.weight_kl(prior, prior, "point")
+  assert float(point) > float(point_again)
+
+
+def test_weight_samples_follow_the_gaussian(prior):
+  samples = jax.vmap(lambda k: prior_lib.sample_weights(prior, k))(
+      jax.random.split(jax.random.key(3), 400))
+  kernel = samples["classifier"]["kernel"]
+  mean = prior.weight_mean["classifier"]["kernel"]
+  std = np.exp(prior.weight_log_std["classifier"]["kernel"])
+  np.testing.assert_allclose(kernel.mean(0), mean, atol=4 * std.max() / 20)
+  np.testing.assert_allclose(kernel.std(0), std, rtol=0.2)
+  assert prior_lib.sample_weights(prior, jax.random.key(0), "point") is (
+      prior.weight_mean)
