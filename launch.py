@@ -38,6 +38,8 @@ def main(argv: list[str]) -> None:
 
 def _run() -> None:
   try:
+    from base import config_utils
+    config_utils.check_override_flags(sys.argv)
     app.run(main)
   except SystemExit:
     raise

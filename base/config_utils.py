@@ -56,3 +56,53 @@ def check_top_level(config: Any) -> None:
   if unknown:
     raise ConfigError(f"unknown config key(s) {unknown}; allowed top-level "
                       f"keys: {', '.join(TOP_LEVEL_FIELDS)}")
+
+
+def load_config_file(path: str) -> Any:
+  """Imports a config file and returns its ``get_config()``."""
+  import importlib.util
+  import os
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file not found: {path}")
+  spec = importlib.util.spec_from_file_location("base_user_config", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # a user file: report, don't trace
+    raise ConfigError(f"config file {path} failed to load: "
+                      f"{type(e).__name__}: {e}") from None
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path} defines no get_config()")
+  return module.get_config()
+
+
+def check_override_flags(argv: list[str], flag: str = "config") -> None:
+  """Checks ``--config=FILE`` and every ``--config.a.b=v`` key before parsing.
+
+  ml_collections reports an unknown override key with a long traceback; this
+  names it in one line instead, with the keys that do exist at that level.
+  """
+  path, overrides = None, []
+  args = iter(argv[1:])
+  for arg in args:
+    if arg.startswith(f"--{flag}="):
+      path = arg.split("=", 1)[1]
+    elif arg == f"--{flag}":
+      path = next(args, None)
+    elif arg.startswith(f"--{flag}."):
+      overrides.append(arg[len(flag) + 3:].split("=", 1)[0])
+  if path is None:
+    return
+  config = load_config_file(path.split(":", 1)[0])
+  for key in overrides:
+    node = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+      fields = as_dict(node) if hasattr(node, "to_dict") or isinstance(
+          node, Mapping) else {}
+      if part not in fields:
+        where = ".".join(parts[:depth]) or "the config"
+        raise ConfigError(
+            f"unknown config key {key!r} (from --{flag}.{key}); keys in "
+            f"{where}: {', '.join(sorted(fields)) or 'none'}")
+      node = node[part]

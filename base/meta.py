@@ -39,11 +39,17 @@ class MetaOptConfig:
     lr_weights: Adam rate of the prior's weight means and log-scales.
     learn_weight_std: meta-learn the prior's weight log-scales (else fixed).
     grad_clip: global-norm clip of the meta-gradient (0 disables).
+    task_batching: how a meta-batch's tasks run: "vmap", "loop" or "auto"
+      (see :func:`resolve_task_batching`).
   """
   lr_arch: float = 3e-3
   lr_weights: float = 1e-3
   learn_weight_std: bool = True
   grad_clip: float = 10.0
+  task_batching: str = "auto"
+
+
+TASK_BATCHING = ("auto", "vmap", "loop")
 
 
 @struct.dataclass
@@ -108,21 +114,81 @@ def batch_meta_loss(prior: SupernetDist, episodes: Episode, key: jax.Array,
   return jnp.mean(losses), mean_over_tasks(metrics)
 
 
+def resolve_task_batching(mode: str) -> str:
+  """``"auto"``: a Python loop over tasks on CPU, ``vmap`` elsewhere.
+
+  On XLA:CPU, vmapping tasks that carry their own weights compiles to slow
+  batched convolutions and takes minutes to compile, while one compiled
+  single-task program called per task is both faster to build and to run;
+  on GPUs and TPUs the vmapped meta-batch fills the device.
+  """
+  if mode not in TASK_BATCHING:
+    raise ConfigError(f"unknown task_batching {mode!r}; expected one of "
+                      f"{TASK_BATCHING}")
+  if mode == "auto":
+    return "loop" if jax.default_backend() == "cpu" else "vmap"
+  return mode
+
+
+def apply_meta_gradient(state: MetaState, grads: SupernetDist,
+                        opt_cfg: MetaOptConfig) -> tuple[MetaState, jax.Array]:
+  """The Optax update of the prior; returns the new state and |grad|."""
+  optimizer = make_optimizer(opt_cfg)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.prior)
+  prior = optax.apply_updates(state.prior, updates)
+  return MetaState(state.step + 1, prior, opt_state), optax.global_norm(grads)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "opt_cfg"),
                    donate_argnames=("state",))
+def _meta_step_vmapped(state, episodes, key, temperature, *, cfg, opt_cfg):
+  (_, metrics), grads = jax.value_and_grad(batch_meta_loss, has_aux=True)(
+      state.prior, episodes, key, temperature, cfg)
+  state, metrics["grad_norm"] = apply_meta_gradient(state, grads, opt_cfg)
+  return state, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def task_meta_gradient(prior: SupernetDist, episode: Episode, key: jax.Array,
+                       temperature: jax.Array, *, cfg: AdaptConfig
+                       ) -> tuple[SupernetDist, dict[str, jax.Array]]:
+  """Meta-gradient and metrics of one task (a compiled single-task program)."""
+  (_, metrics), grads = jax.value_and_grad(task_meta_loss, has_aux=True)(
+      prior, episode, key, temperature, cfg)
+  return grads, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("opt_cfg",),
+                   donate_argnames=("state",))
+def _apply_mean_gradient(state, task_grads, task_metrics, *, opt_cfg):
+  grads = jax.tree.map(lambda *g: sum(g) / len(g), *task_grads)
+  metrics = jax.tree.map(lambda *m: sum(m) / len(m), *task_metrics)
+  state, metrics["grad_norm"] = apply_meta_gradient(state, grads, opt_cfg)
+  return state, metrics
+
+
 def meta_step(state: MetaState, episodes: Episode, key: jax.Array,
               temperature: jax.Array, *, cfg: AdaptConfig,
               opt_cfg: MetaOptConfig
               ) -> tuple[MetaState, dict[str, jax.Array]]:
-  """One compiled meta-step: adapt every task, meta-gradient, update.
+  """One meta-step: adapt every task, average meta-gradients, update.
 
-  ``state`` is donated: its buffers are reused for the new state. Metrics are
-  returned as device arrays; callers fetch them only every few steps.
+  ``episodes`` has a leading task axis. With ``task_batching="vmap"`` this
+  is one compiled program over the whole meta-batch; with ``"loop"`` one
+  compiled single-task program runs per task and a second one averages and
+  applies the gradients. Both compute the same mean gradient (same per-task
+  keys). ``state`` is donated; metrics stay on the device until fetched.
   """
-  (_, metrics), grads = jax.value_and_grad(batch_meta_loss, has_aux=True)(
-      state.prior, episodes, key, temperature, cfg)
-  optimizer = make_optimizer(opt_cfg)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.prior)
-  prior = optax.apply_updates(state.prior, updates)
-  metrics["grad_norm"] = optax.global_norm(grads)
-  return MetaState(state.step + 1, prior, opt_state), metrics
+  if resolve_task_batching(opt_cfg.task_batching) == "vmap":
+    return _meta_step_vmapped(state, episodes, key, temperature, cfg=cfg,
+                              opt_cfg=opt_cfg)
+  num_tasks = episodes.support_x.shape[0]
+  keys = jax.random.split(key, num_tasks)
+  grads, metrics = [], []
+  for i in range(num_tasks):
+    episode = jax.tree.map(lambda a, i=i: a[i], episodes)
+    task_grads, task_metrics = task_meta_gradient(
+        state.prior, episode, keys[i], temperature, cfg=cfg)
+    grads.append(task_grads)
+    metrics.append(task_metrics)
+  return _apply_mean_gradient(state, grads, metrics, opt_cfg=opt_cfg)

@@ -364,7 +364,7 @@ def score_prior(prior: SupernetDist, family: EpisodeSampler,
   (compiled once, shared with it); on CPU that beats vmapping tasks.
   """
   rng = np.random.default_rng(seed)
-  accuracies, support, seconds = [], [], 0.0
+  accuracies, support, seconds = [], [], []
   for index in range(episodes):
     episode = family.sample(rng)
     result = adapt(prior, episode.support_x, episode.support_y,
@@ -373,11 +373,13 @@ def score_prior(prior: SupernetDist, family: EpisodeSampler,
                    seed=seed * 100_003 + index, derive=False)
     accuracies.append(result.query_accuracy)
     support.append(result.support_accuracy)
-    seconds += result.seconds
+    seconds.append(result.seconds)
   mean, half_width = confidence_interval(accuracies)
   return {"query_accuracy": mean, "ci95": half_width,
           "support_accuracy": float(np.mean(support)), "episodes": episodes,
-          "adapt_steps": steps, "seconds_per_task": seconds / episodes}
+          "adapt_steps": steps,
+          # The median leaves out the first call's compilation.
+          "seconds_per_task": float(np.median(seconds))}
 
 
 def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
@@ -411,6 +413,9 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
         exp.prior.weight_std)
     rows["random init, adapted (same budget)"] = score_prior(
         random_prior, exp.test_family, exp.adapt, temperature, steps=steps,
+        **common)
+    rows["random init, not adapted"] = score_prior(
+        random_prior, exp.test_family, exp.adapt, temperature, steps=0,
         **common)
   episode = exp.test_family.sample(np.random.default_rng(ev.seed))
   adaptation = adapt(prior, episode.support_x, episode.support_y,
