@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -10,6 +9,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from base import plots
 from base import prior as prior_lib
 from base import train
 from base.errors import ConfigError
@@ -60,6 +60,12 @@ def run(config: Any, workdir: str | None) -> None:
     adapt_one_task(config, workdir, experiment)
 
 
+def result_temperature(metadata: dict[str, Any],
+                       experiment: train.Experiment) -> float:
+  """The temperature a prior was meta-trained down to (stored with it)."""
+  return float(metadata.get("temperature", experiment.final_temperature))
+
+
 def adapt_one_task(config: Any, workdir: str,
                    experiment: train.Experiment) -> train.Adaptation:
   """Adapts the saved prior to one new meta-test task and reports it."""
@@ -69,15 +75,35 @@ def adapt_one_task(config: Any, workdir: str,
   seed = int(config.seed) + 7
   episode = experiment.test_family.sample(np.random.default_rng(seed))
   steps = experiment.evaluate.adapt_steps or experiment.adapt.steps
+  temperature = result_temperature(metadata, experiment)
+  # Warm-up on the same shapes, so that the timed call below measures the
+  # adaptation and not XLA compiling (or loading) the program.
+  train.adapt(prior, episode.support_x, episode.support_y, config=experiment.adapt,
+              temperature=temperature, steps=steps, derive=False)
   result = train.adapt(
       prior, episode.support_x, episode.support_y, episode.query_x,
       episode.query_y, config=experiment.adapt,
-      temperature=metadata.get("temperature", experiment.final_temperature),
-      steps=steps, seed=seed)
+      temperature=temperature, steps=steps, seed=seed)
   print(f"adapted to a new {experiment.test_family.num_ways}-way task: "
         f"{result.summary()}")
   with open(os.path.join(workdir, "adapted_genotype.json"), "w") as f:
     f.write(result.genotype.to_json(indent=2))
+  plots.save_genotype_figure(result.genotype,
+                             os.path.join(workdir, "adapted_cells.png"))
+  distributions = {"prior": jax.device_get(prior.arch_logits),
+                   "task 1 posterior": jax.device_get(
+                       result.posterior.arch_logits)}
+  for task in (2, 3):
+    other = experiment.test_family.sample(np.random.default_rng(seed + task))
+    distributions[f"task {task} posterior"] = jax.device_get(train.adapt(
+        prior, other.support_x, other.support_y, config=experiment.adapt,
+        temperature=temperature, steps=steps, seed=seed + task,
+        derive=False).posterior.arch_logits)
+  plots.save_arch_heatmap(distributions, prior.spec.primitives,
+                          prior.spec.num_nodes,
+                          os.path.join(workdir, "arch_distribution.png"))
+  print(f"pictures: {os.path.join(workdir, 'adapted_cells.png')}, "
+        f"{os.path.join(workdir, 'arch_distribution.png')}")
   prior_lib.save_prior(os.path.join(workdir, "posterior.msgpack"),
                        result.posterior,
                        metadata={"adapted_from": os.path.abspath(path),

@@ -81,6 +81,8 @@ def make_optimizer(cfg: MetaOptConfig) -> optax.GradientTransformation:
 
 
 def init_meta_state(prior: SupernetDist, opt_cfg: MetaOptConfig) -> MetaState:
+  """Step 0 with a copy of ``prior`` (the meta-step donates its state)."""
+  prior = jax.tree.map(jnp.copy, prior)
   return MetaState(step=jnp.zeros((), jnp.int32), prior=prior,
                    opt_state=make_optimizer(opt_cfg).init(prior))
 
@@ -136,7 +138,7 @@ def apply_meta_gradient(state: MetaState, grads: SupernetDist,
   optimizer = make_optimizer(opt_cfg)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.prior)
   prior = optax.apply_updates(state.prior, updates)
-  return MetaState(state.step + 1, prior, opt_state), optax.global_norm(grads)
+  return MetaState(state.step + 1, prior, opt_state), optax.tree.norm(grads)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "opt_cfg"),

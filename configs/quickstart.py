@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
       eval_samples=4, unroll=False))
 
   config.meta = ml_collections.ConfigDict(dict(
-      lr_arch=3e-3, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0))
+      lr_arch=3e-2, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0))
 
   config.temperature = ml_collections.ConfigDict(dict(
       schedule="exponential", initial=1.0, final=0.5, steps=0))

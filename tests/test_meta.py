@@ -24,13 +24,13 @@ def episodes():
 
 @pytest.fixture(scope="module")
 def prior():
-  return prior_lib.init_prior(tiny_spec(), jax.random.key(0), weight_std=0.01)
+  return prior_lib.init_prior(tiny_spec(), jax.random.key(0), weight_std=0.05)
 
 
 def test_inner_steps_reduce_the_support_loss(prior, episodes):
   x, y = episodes.support_x[0], episodes.support_y[0]
   key, temperature = jax.random.key(1), jnp.float32(1.0)
-  cfg = AdaptConfig(steps=5, lr_weights=0.5, lr_arch=2.0,
+  cfg = AdaptConfig(steps=5, lr_weights=2.0, lr_arch=2.0,
                     weight_posterior="point")
   before, _ = task_loss(prior, prior, key, x, y, temperature, cfg)
   q, _ = jax.jit(adapt_posterior, static_argnames=("cfg",))(
@@ -72,3 +72,20 @@ def test_first_and_second_order_meta_gradients(prior, episodes):
   scale = max(float(jnp.max(jnp.abs(a))) for a in first)
   # Second order adds the curvature term: close to, but not equal to, first.
   assert 0 < difference < scale
+
+
+def test_loop_and_vmap_task_batching_agree(prior, episodes):
+  key, temperature = jax.random.key(5), jnp.float32(0.7)
+  results = {}
+  for mode in ("loop", "vmap"):
+    opt = MetaOptConfig(lr_arch=0.01, lr_weights=0.01, task_batching=mode)
+    state, metrics = meta_step(init_meta_state(prior, opt), episodes, key,
+                               temperature, cfg=CFG, opt_cfg=opt)
+    results[mode] = (state, metrics)
+  (loop_state, loop_metrics), (vmap_state, vmap_metrics) = (
+      results["loop"], results["vmap"])
+  np.testing.assert_allclose(loop_metrics["meta_loss"],
+                             vmap_metrics["meta_loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(loop_state.prior),
+                  jax.tree.leaves(vmap_state.prior)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
