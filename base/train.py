@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorboardX
 import tqdm
 
 from base import config_utils, distributions
@@ -156,14 +157,37 @@ def step_key(seed: int, step: int) -> jax.Array:
 
 
 class MetricsWriter:
-  """Appends one JSON object per logged step to ``workdir/metrics.jsonl``."""
+  """Logs metrics twice: ``workdir/metrics.jsonl`` and TensorBoard events.
+
+  The JSON-lines file (one object per logged step) is for scripts; the event
+  files under ``workdir/tensorboard`` are for ``tensorboard --logdir``.
+  """
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, METRICS_FILENAME)
+    self._tensorboard = tensorboardX.SummaryWriter(
+        os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records past ``step`` (logged after the checkpoint resumed from)."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+    with open(self.path, "w") as f:
+      f.writelines(lines)
 
   def write(self, record: dict[str, Any]) -> None:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    step = int(record["step"])
+    for name, value in record.items():
+      if name not in ("step", "time"):
+        self._tensorboard.add_scalar(f"meta_train/{name}", value, step)
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    self._tensorboard.close()
 
 
 def _check_workdir(workdir: str) -> str:
@@ -181,6 +205,21 @@ def _check_workdir(workdir: str) -> str:
 
 class NonFiniteLossError(BaseUserError, FloatingPointError):
   """The meta-loss became NaN or infinite."""
+
+
+def _check_finite(fetched: list[dict[str, Any]], first_step: int,
+                  checkpointer: MetaCheckpointer) -> None:
+  """Raises NonFiniteLossError naming the first step with a bad meta-loss."""
+  for offset, metrics in enumerate(fetched):
+    values = {k: float(v) for k, v in metrics.items()}
+    if not all(math.isfinite(v) for v in values.values()):
+      last = checkpointer.latest_step()
+      kept = (f"the last good checkpoint (step {last}) in "
+              f"{checkpointer.directory} is kept" if last else
+              "no checkpoint had been written yet")
+      raise NonFiniteLossError(
+          f"non-finite meta-loss at step {first_step + offset} "
+          f"(meta_loss={values.get('meta_loss')}); stopping; {kept}")
 
 
 def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = None,
@@ -202,37 +241,42 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
     state = checkpointer.restore(state, start)
   schedule = exp.schedule
   metrics_writer = MetricsWriter(workdir)
+  metrics_writer.truncate_after(start)
   bar = tqdm.tqdm(total=exp.train.num_steps, initial=start, desc="meta-train",
                   disable=not progress, dynamic_ncols=True)
   pending, last_logged = [], None
-  for step in range(start, exp.train.num_steps):
-    episodes = exp.train_family.sample_batch(episode_rng(seed, step),
-                                             exp.train.meta_batch_size)
-    temperature = schedule(step)
-    state, metrics = meta_step(state, episodes, step_key(seed, step),
-                               temperature, cfg=exp.adapt, opt_cfg=exp.meta)
-    pending.append(metrics)
-    done = step + 1
-    if done % exp.train.log_every == 0 or done == exp.train.num_steps:
-      record = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
-                for k in pending[0]}
-      pending = []
-      if not all(math.isfinite(v) for v in record.values()):
-        checkpointer.close()
-        raise NonFiniteLossError(
-            f"non-finite meta-loss at step {done} ({record}); the last good "
-            f"checkpoint in {checkpointer.directory} is kept")
-      record.update(step=done, temperature=float(temperature),
-                    time=time.time())
-      metrics_writer.write(record)
-      last_logged = record
-      bar.set_postfix(loss=f"{record['meta_loss']:.3f}",
-                      acc=f"{record['query_accuracy']:.3f}")
-    if done % exp.train.checkpoint_every == 0 or done == exp.train.num_steps:
-      checkpointer.save(done, state)
-    bar.update(1)
-  bar.close()
-  checkpointer.close()
+  try:
+    for step in range(start, exp.train.num_steps):
+      episodes = exp.train_family.sample_batch(episode_rng(seed, step),
+                                               exp.train.meta_batch_size)
+      temperature = schedule(step)
+      state, metrics = meta_step(state, episodes, step_key(seed, step),
+                                 temperature, cfg=exp.adapt, opt_cfg=exp.meta)
+      pending.append(metrics)
+      done = step + 1
+      checkpoint_now = (done % exp.train.checkpoint_every == 0
+                        or done == exp.train.num_steps)
+      # Metrics are fetched (and checked) before every checkpoint, so a
+      # non-finite state is never saved over a good one.
+      if checkpoint_now or done % exp.train.log_every == 0:
+        fetched = jax.device_get(pending)
+        pending = []
+        _check_finite(fetched, done - len(fetched) + 1, checkpointer)
+        record = {k: float(np.mean([m[k] for m in fetched]))
+                  for k in fetched[0]}
+        record.update(step=done, temperature=float(temperature),
+                      time=time.time())
+        metrics_writer.write(record)
+        last_logged = record
+        bar.set_postfix(loss=f"{record['meta_loss']:.3f}",
+                        acc=f"{record['query_accuracy']:.3f}")
+      if checkpoint_now:
+        checkpointer.save(done, state)
+      bar.update(1)
+  finally:
+    bar.close()
+    checkpointer.close()
+    metrics_writer.close()
   prior_lib.save_prior(
       os.path.join(workdir, PRIOR_FILENAME), state.prior,
       metadata={"step": int(state.step),

@@ -1,0 +1,105 @@
+"""Long runs survive being killed, stop cleanly on NaNs, refuse bad workdirs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import base
+from base import train
+from tests.conftest import REPO_ROOT, tiny_config
+
+CONFIG_FILE = '''
+from tests.conftest import tiny_config
+
+def get_config():
+  config = tiny_config(num_steps=8, checkpoint_every=2, log_every=2)
+  config.temperature.steps = 8
+  config.mode = "meta_train"
+  return config
+'''
+
+
+def _kill_config():
+  config = tiny_config(num_steps=8, checkpoint_every=2, log_every=2)
+  config.temperature.steps = 8
+  config.mode = "meta_train"
+  return config
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+  config_path = tmp_path / "kill_config.py"
+  config_path.write_text(CONFIG_FILE)
+  workdir = tmp_path / "killed"
+  command = [sys.executable, str(REPO_ROOT / "launch.py"),
+             f"--config={config_path}", f"--workdir={workdir}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  process = subprocess.Popen(command, cwd=REPO_ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 400
+  while not (workdir / "checkpoints" / "4").exists():
+    assert process.poll() is None, process.communicate()
+    assert time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  assert not (workdir / "prior.msgpack").exists(), "killed before the end"
+
+  resumed = subprocess.run(command, cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=400)
+  assert resumed.returncode == 0, resumed.stderr
+  straight = train.meta_train(_kill_config(), str(tmp_path / "straight"),
+                              progress=False)
+  killed_prior = base.load_prior(workdir / "prior.msgpack")
+  for a, b in zip(jax.tree.leaves(killed_prior),
+                  jax.tree.leaves(straight.prior)):
+    np.testing.assert_array_equal(a, b)  # bit-exact on CPU
+  steps = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
+  assert steps == [2, 4, 6, 8]
+
+
+class _NaNAfter:
+  """A task family whose episodes turn to NaN after ``after`` batches."""
+
+  def __init__(self, family, after):
+    self.family, self.after, self.calls = family, after, 0
+
+  def __getattr__(self, name):
+    return getattr(self.family, name)
+
+  def sample_batch(self, rng, batch_size):
+    episodes = self.family.sample_batch(rng, batch_size)
+    self.calls += 1
+    if self.calls > self.after:
+      episodes = episodes._replace(support_x=episodes.support_x * np.nan)
+    return episodes
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(num_steps=8, checkpoint_every=2, log_every=4)
+  experiment = train.build_experiment(config)
+  experiment = experiment._replace(
+      train_family=_NaNAfter(experiment.train_family, after=5))
+  (tmp_path / "prior.msgpack").write_bytes(b"an earlier result")
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"step 6 .*checkpoint \(step 4\)"):
+    train.meta_train(config, str(tmp_path), experiment=experiment,
+                     progress=False)
+  checkpointer = base.checkpoints.MetaCheckpointer(str(tmp_path))
+  assert checkpointer.latest_step() == 4
+  checkpointer.close()
+  assert (tmp_path / "prior.msgpack").read_bytes() == b"an earlier result"
+
+
+def test_unwritable_workdir_is_refused_at_start(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(base.ConfigError, match="not writable"):
+    train.meta_train(tiny_config(), str(blocker / "run"), progress=False)
