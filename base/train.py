@@ -281,6 +281,8 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
       os.path.join(workdir, PRIOR_FILENAME), state.prior,
       metadata={"step": int(state.step),
                 "temperature": exp.final_temperature,
+                "image_shape": list(exp.train_family.image_shape),
+                "data_source": str(config.data.source),
                 "adapt": dataclasses.asdict(exp.adapt),
                 "last_metrics": last_logged})
   return state
