@@ -117,3 +117,27 @@ def test_launch_reports_bad_input_in_one_line(tmp_path):
               f"--config.prior_path={corrupt}", workdir),
       "corrupt", str(corrupt))
   assert corrupt.read_bytes() == b"\x00" * 64  # nothing overwritten
+
+
+@pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "data" / "omniglot").exists(),
+                    reason="needs ../shared/data/omniglot")
+def test_omniglot_config_runs_end_to_end(tmp_path):
+  from configs import omniglot
+  config = omniglot.get_config()
+  shrunk = tiny_config()
+  config.supernet = shrunk.supernet
+  config.adapt = shrunk.adapt
+  config.data.num_ways = 5
+  config.train.update(num_steps=2, meta_batch_size=2, log_every=1,
+                      checkpoint_every=2)
+  config.evaluate.update(episodes=3, baselines=False)
+  experiment = train.build_experiment(config)
+  assert experiment.train_family.image_shape == (28, 28, 1)
+  # 200 background characters x 4 rotations for meta-training, 42 held out.
+  assert experiment.train_family.data.num_classes == 800
+  assert experiment.test_family.data.num_classes == 42
+  train.meta_train(config, str(tmp_path), experiment=experiment,
+                   progress=False)
+  results = train.evaluate(config, str(tmp_path), experiment=experiment)
+  row = results["methods"]["base (meta-learned prior, adapted)"]
+  assert 0.0 <= row["query_accuracy"] <= 1.0 and row["episodes"] == 3
