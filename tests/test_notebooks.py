@@ -21,7 +21,6 @@ def test_notebook_runs_and_is_stored_without_outputs(path):
   text = "\n".join(o.get("text", "") for c in notebook.cells
                    for o in c.get("outputs", []))
   assert "query accuracy" in text and "genotype" in text.lower()
-  if path.name == "adapt_your_images.ipynb":
-    images = [o for c in notebook.cells for o in c.get("outputs", [])
-              if "image/png" in o.get("data", {})]
-    assert len(images) == 2, "the cell drawing and the heat map are shown"
+  images = [o for c in notebook.cells for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})]
+  assert len(images) == 2, "the cell drawing and the heat map are shown"

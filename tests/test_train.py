@@ -141,3 +141,30 @@ def test_omniglot_config_runs_end_to_end(tmp_path):
   results = train.evaluate(config, str(tmp_path), experiment=experiment)
   row = results["methods"]["base (meta-learned prior, adapted)"]
   assert 0.0 <= row["query_accuracy"] <= 1.0 and row["episodes"] == 3
+
+
+def _tensorboard_scalars(directory):
+  """Reads scalar summaries from TFRecord-framed TensorBoard event files."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  scalars = {}
+  for name in os.listdir(directory):
+    data = open(os.path.join(directory, name), "rb").read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 16 + length
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_metrics_are_written_for_tensorboard_too(tmp_path):
+  train.meta_train(tiny_config(num_steps=4, log_every=2), str(tmp_path),
+                   progress=False)
+  scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+  jsonl = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [s for s, _ in scalars["meta_train/meta_loss"]] == [2, 4]
+  np.testing.assert_allclose([v for _, v in scalars["meta_train/meta_loss"]],
+                             [r["meta_loss"] for r in jsonl], rtol=1e-6)

@@ -1,0 +1,67 @@
+"""Evaluation protocols: confidence intervals, N-way K-shot sweeps, the 20 runs.
+
+Everything here is model-agnostic where it can be: the Omniglot 20-run
+benchmark is scored through a ``classify(support_x, support_y, query_x)``
+function, so the scorer is tested on its own with a hand-built run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from base.errors import ConfigError
+
+Classifier = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def confidence_interval(values: Any, z: float = 1.96) -> tuple[float, float]:
+  """Mean and half-width of the normal-approximation 95% interval."""
+  values = np.asarray(values, np.float64)
+  if values.size < 2:
+    return float(values.mean()), float("nan")
+  return (float(values.mean()),
+          float(z * values.std(ddof=1) / np.sqrt(values.size)))
+
+
+_PROTOCOL = re.compile(r"^\s*(\d+)-way\s+(\d+)-shot\s*$")
+
+
+def parse_protocol(text: str) -> tuple[int, int]:
+  """``"20-way 1-shot"`` -> ``(20, 1)``."""
+  match = _PROTOCOL.match(text)
+  if not match:
+    raise ConfigError(f"cannot read protocol {text!r}; write it like "
+                      f"'20-way 1-shot'")
+  ways, shots = int(match.group(1)), int(match.group(2))
+  if ways < 2 or shots < 1:
+    raise ConfigError(f"protocol {text!r} needs >= 2 ways and >= 1 shot")
+  return ways, shots
+
+
+def score_runs(runs: Any, classify: Classifier) -> dict[str, Any]:
+  """Scores the Omniglot one-shot runs exactly as the benchmark does.
+
+  Each test item of a run is classified among that run's training images
+  (one per class); the score is the error rate over all test items
+  (400 for the 20 official runs).
+
+  Args:
+    runs: an ``Episode`` with a leading run axis (``base.data.
+      load_omniglot_runs``): support ``[R, N, H, W, C]`` with labels
+      ``[R, N]``, queries ``[R, M, H, W, C]`` with labels ``[R, M]``.
+    classify: ``(support_x, support_y, query_x) -> predicted labels [M]``.
+  """
+  per_run = []
+  for r in range(runs.support_x.shape[0]):
+    predicted = np.asarray(classify(runs.support_x[r], runs.support_y[r],
+                                    runs.query_x[r]))
+    if predicted.shape != runs.query_y[r].shape:
+      raise ValueError(f"classify returned shape {predicted.shape} for "
+                       f"{runs.query_y[r].shape[0]} test items")
+    per_run.append(int(np.sum(predicted != runs.query_y[r])))
+  items = int(np.prod(runs.query_y.shape))
+  return {"error_rate": sum(per_run) / items, "errors": sum(per_run),
+          "items": items, "runs": len(per_run), "errors_per_run": per_run}
