@@ -55,7 +55,8 @@ def run(config: Any, workdir: str | None) -> None:
   if mode in ("evaluate", "all"):
     results = train.evaluate(config, workdir, experiment=experiment)
     print(train.format_results(results))
-    print(f"results written to {os.path.join(workdir, 'results.json')}")
+    print(f"results written to {os.path.join(workdir, 'results.json')} "
+          f"and results.md")
   if mode in ("adapt", "all"):
     adapt_one_task(config, workdir, experiment)
 
@@ -71,7 +72,8 @@ def adapt_one_task(config: Any, workdir: str,
   """Adapts the saved prior to one new meta-test task and reports it."""
   path = config.get("prior_path") or os.path.join(workdir,
                                                   train.PRIOR_FILENAME)
-  prior, metadata = prior_lib.load_prior(path, return_metadata=True)
+  prior, metadata = train.load_prior_for(experiment, path)
+  prior = prior_lib.restrict_ways(prior, experiment.test_family.num_ways)
   seed = int(config.seed) + 7
   episode = experiment.test_family.sample(np.random.default_rng(seed))
   steps = experiment.evaluate.adapt_steps or experiment.adapt.steps

@@ -17,6 +17,7 @@ prior can be used without the code or config that made it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -134,6 +135,31 @@ def weight_kl(q: SupernetDist, p: SupernetDist,
     raise ConfigError(f"unknown weight_posterior {weight_posterior!r}; "
                       f"expected one of {WEIGHT_POSTERIORS}")
   return sum(jax.tree.leaves(terms))
+
+
+def restrict_ways(dist: SupernetDist, ways: int) -> SupernetDist:
+  """The same distribution for ``ways``-way tasks: the first classifier units.
+
+  Meta-training relabels the classes of every episode in a random order, so
+  the N output units of a prior are exchangeable and any ``ways <= N`` of
+  them serve ``ways``-way tasks (how a 20-way prior scores 5-way protocols).
+  """
+  num_classes = dist.spec.num_classes
+  if not 2 <= ways <= num_classes:
+    raise ConfigError(f"a {num_classes}-way prior cannot serve {ways}-way "
+                      f"tasks; meta-train one with num_ways >= {ways}")
+  if ways == num_classes:
+    return dist
+
+  def head(tree):
+    classifier = dict(tree["classifier"])
+    classifier["kernel"] = classifier["kernel"][:, :ways]
+    classifier["bias"] = classifier["bias"][:ways]
+    return {**tree, "classifier": classifier}
+
+  spec = dataclasses.replace(dist.spec, num_classes=ways)
+  return SupernetDist(dist.arch_logits, head(dist.weight_mean),
+                      head(dist.weight_log_std), spec)
 
 
 def arch_entropy(dist: SupernetDist) -> dict[str, jax.Array]:

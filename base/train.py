@@ -26,12 +26,13 @@ from base import config_utils, distributions
 from base import prior as prior_lib
 from base.adaptation import AdaptConfig, accuracy, adapt_posterior, predict
 from base.checkpoints import MetaCheckpointer
-from base.data import Episode, EpisodeSampler, make_task_families
+from base.data import EpisodeSampler, load_omniglot_runs, make_task_families
 from base.errors import BaseUserError, ConfigError
-from base.genotype import Genotype, derive_genotype
+from base.evaluation import confidence_interval, parse_protocol, score_runs
+from base.genotype import Genotype, derive_genotype, genotype_param_count
 from base.meta import MetaOptConfig, MetaState, init_meta_state, meta_step
 from base.prior import SupernetDist
-from base.supernet import SupernetSpec
+from base.supernet import SupernetSpec, count_params
 
 PRIOR_FILENAME = "prior.msgpack"
 METRICS_FILENAME = "metrics.jsonl"
@@ -87,12 +88,21 @@ class EvaluateConfig:
     adapt_steps: ELBO steps at test time (0: as in meta-training).
     seed: seeds the meta-test episodes, the same for every method.
     baselines: also score the unadapted prior and a random-init supernet
-      adapted with the same budget.
+      adapted with the same budget and not adapted.
+    protocols: N-way K-shot protocols to score, e.g. ("20-way 1-shot",
+      "5-way 5-shot"); empty: the config's own. A prior meta-trained for N
+      ways serves any N' <= N (see ``base.prior.restrict_ways``).
+    omniglot_runs: also score the 20 official Omniglot one-shot runs
+      (``all_runs.zip`` from ``runs_path``, or the shared data folder).
+    runs_path: where ``all_runs.zip`` (or its folder) is; "" = default.
   """
   episodes: int = 100
   adapt_steps: int = 0
   seed: int = 1234
   baselines: bool = True
+  protocols: tuple[str, ...] = ()
+  omniglot_runs: bool = False
+  runs_path: str = ""
 
 
 class Experiment(NamedTuple):
@@ -311,7 +321,8 @@ class Adaptation:
   support_accuracy: float
   query_accuracy: float | None
   edge_entropy: dict[str, np.ndarray]  # nats, per edge and cell type
-  seconds: float
+  seconds: float  # the adaptation alone (excludes prediction)
+  query_predictions: np.ndarray | None = None  # predicted query labels
 
   def summary(self) -> str:
     query = ("n/a" if self.query_accuracy is None
@@ -333,7 +344,8 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
     prior: a meta-learned (or any) :class:`SupernetDist`.
     support_x: ``[n, H, W, C]`` images, float in [0, 1]; support_y: ``[n]``
       labels in ``0..num_classes-1``.
-    query_x, query_y: optional held-out images of the same classes to score.
+    query_x, query_y: optional held-out images of the same classes, to
+      predict (``query_predictions``) and, with labels, to score.
     config: the inner optimisation (default ``AdaptConfig()``).
     temperature: Gumbel-softmax temperature (use the prior's final one).
     steps: ELBO steps (default ``config.steps``).
@@ -344,8 +356,8 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
   steps = cfg.steps if steps is None else steps
   support_x, support_y = _check_task(prior.spec, support_x, support_y,
                                      "support")
-  if (query_x is None) != (query_y is None):
-    raise ConfigError("give both query_x and query_y, or neither")
+  if query_y is not None and query_x is None:
+    raise ConfigError("query_y was given without query_x")
   key = jax.random.key(seed)
   adapt_key, eval_key = jax.random.split(key)
   temperature = jnp.float32(temperature)
@@ -355,11 +367,13 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
   jax.block_until_ready(posterior)
   seconds = time.perf_counter() - start
   support_probs = _predict(posterior, eval_key, support_x, temperature, cfg=cfg)
-  query_accuracy = None
+  query_accuracy = query_predictions = None
   if query_x is not None:
     query_x, query_y = _check_task(prior.spec, query_x, query_y, "query")
     query_probs = _predict(posterior, eval_key, query_x, temperature, cfg=cfg)
-    query_accuracy = float(accuracy(query_probs, query_y))
+    query_predictions = np.asarray(jnp.argmax(query_probs, -1))
+    if query_y is not None:
+      query_accuracy = float(np.mean(query_predictions == np.asarray(query_y)))
   genotype = None
   if derive:
     genotype = derive_genotype(posterior.arch_logits, prior.spec.primitives,
@@ -367,18 +381,21 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
   entropy = jax.device_get(prior_lib.arch_entropy(posterior))
   return Adaptation(posterior, genotype,
                     float(accuracy(support_probs, support_y)), query_accuracy,
-                    entropy, seconds)
+                    entropy, seconds, query_predictions)
 
 
 def _check_task(spec: SupernetSpec, x: Any, y: Any, name: str):
+  """Validated float32 images and int32 labels (``y`` may be None)."""
   x = np.asarray(x)
-  y = np.asarray(y)
   if x.ndim != 4 or x.shape[-1] != spec.in_channels:
     raise ConfigError(f"{name} images must be [n, H, W, {spec.in_channels}] "
                       f"for this prior, got shape {x.shape}")
   if not np.issubdtype(x.dtype, np.floating):
     raise ConfigError(f"{name} images must be floats in [0, 1], got dtype "
                       f"{x.dtype}")
+  if y is None:
+    return jnp.asarray(x, jnp.float32), None
+  y = np.asarray(y)
   if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
     raise ConfigError(f"{name} labels must be {x.shape[0]} integers, got "
                       f"shape {y.shape} dtype {y.dtype}")
@@ -390,15 +407,6 @@ def _check_task(spec: SupernetSpec, x: Any, y: Any, name: str):
 
 # ----------------------------------------------------------------------------
 # Evaluation on meta-test episodes.
-
-
-def confidence_interval(values: Any, z: float = 1.96) -> tuple[float, float]:
-  """Mean and half-width of the normal-approximation 95% interval."""
-  values = np.asarray(values, np.float64)
-  if values.size < 2:
-    return float(values.mean()), float("nan")
-  return (float(values.mean()),
-          float(z * values.std(ddof=1) / np.sqrt(values.size)))
 
 
 def score_prior(prior: SupernetDist, family: EpisodeSampler,
@@ -428,66 +436,135 @@ def score_prior(prior: SupernetDist, family: EpisodeSampler,
           "seconds_per_task": float(np.median(seconds))}
 
 
+def load_prior_for(exp: Experiment, path: str
+                   ) -> tuple[SupernetDist, dict[str, Any]]:
+  """Loads a prior and checks it fits the experiment's images and ways."""
+  prior, metadata = prior_lib.load_prior(path, return_metadata=True)
+  if prior.spec.in_channels != exp.spec.in_channels:
+    raise ConfigError(
+        f"prior {path} is for images with {prior.spec.in_channels} "
+        f"channel(s); the config's data has {exp.spec.in_channels}")
+  if prior.spec.num_classes < exp.spec.num_classes:
+    raise ConfigError(
+        f"prior {path} is for {prior.spec.num_classes}-way tasks; the "
+        f"config asks for {exp.spec.num_classes}-way")
+  return prior, metadata
+
+
 def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
              experiment: Experiment | None = None) -> dict[str, Any]:
-  """Scores a saved prior on meta-test episodes, with baselines.
+  """Scores a saved prior on meta-test episodes and benchmarks, with baselines.
 
-  Writes ``results.json`` into ``workdir`` and returns its contents.
+  For every protocol in ``config.evaluate.protocols`` (default: the config's
+  own N-way K-shot) the same ``evaluate.episodes`` episodes over the
+  meta-test classes (same seed for every method) are adapted to and scored;
+  optionally also the 20 official Omniglot one-shot runs. Writes
+  ``results.json`` and ``results.md`` (Markdown tables) into ``workdir``.
   """
   exp = experiment or build_experiment(config)
   workdir = _check_workdir(workdir)
   path = prior_path or config.get("prior_path") or os.path.join(
       workdir, PRIOR_FILENAME)
-  prior, metadata = prior_lib.load_prior(path, return_metadata=True)
-  if prior.spec.num_classes != exp.spec.num_classes or (
-      prior.spec.in_channels != exp.spec.in_channels):
-    raise ConfigError(
-        f"prior {path} is for {prior.spec.num_classes}-way tasks with "
-        f"{prior.spec.in_channels} channels; the config asks for "
-        f"{exp.spec.num_classes}-way with {exp.spec.in_channels}")
+  prior, metadata = load_prior_for(exp, path)
   ev = exp.evaluate
   temperature = float(metadata.get("temperature", exp.final_temperature))
   steps = ev.adapt_steps or exp.adapt.steps
-  common = dict(episodes=ev.episodes, seed=ev.seed)
-  rows = {"base (meta-learned prior, adapted)": score_prior(
-      prior, exp.test_family, exp.adapt, temperature, steps=steps, **common)}
+  methods = {"base (meta-learned prior, adapted)": (prior, steps)}
   if ev.baselines:
-    rows["meta-learned prior, not adapted"] = score_prior(
-        prior, exp.test_family, exp.adapt, temperature, steps=0, **common)
     random_prior = prior_lib.init_prior(
         prior.spec, jax.random.key(int(config.seed) + 1),
         exp.prior.weight_std)
-    rows["random init, adapted (same budget)"] = score_prior(
-        random_prior, exp.test_family, exp.adapt, temperature, steps=steps,
-        **common)
-    rows["random init, not adapted"] = score_prior(
-        random_prior, exp.test_family, exp.adapt, temperature, steps=0,
-        **common)
+    methods.update({
+        "meta-learned prior, not adapted": (prior, 0),
+        "random init, adapted (same budget)": (random_prior, steps),
+        "random init, not adapted": (random_prior, 0)})
+  supernet_parameters = count_params(prior.weight_mean)
+  protocols = ev.protocols or (f"{exp.test_family.num_ways}-way "
+                               f"{exp.test_family.num_shots}-shot",)
+  rows = []
+  for protocol in protocols:
+    ways, shots = parse_protocol(protocol)
+    family = EpisodeSampler(exp.test_family.data, ways, shots,
+                            exp.test_family.num_queries,
+                            name=f"meta-test {protocol}")
+    for name, (dist, k) in methods.items():
+      row = score_prior(prior_lib.restrict_ways(dist, ways), family,
+                        exp.adapt, temperature, steps=k,
+                        episodes=ev.episodes, seed=ev.seed)
+      row.update(method=name, protocol=protocol,
+                 parameters=supernet_parameters)
+      rows.append(row)
+  runs = {}
+  if ev.omniglot_runs:
+    runs = score_omniglot_runs(methods, exp, temperature, ev.runs_path)
   episode = exp.test_family.sample(np.random.default_rng(ev.seed))
-  adaptation = adapt(prior, episode.support_x, episode.support_y,
-                     episode.query_x, episode.query_y, config=exp.adapt,
+  adaptation = adapt(prior_lib.restrict_ways(prior, exp.test_family.num_ways),
+                     episode.support_x, episode.support_y, episode.query_x,
+                     episode.query_y, config=exp.adapt,
                      temperature=temperature, steps=steps, seed=ev.seed)
+  spec = prior.spec
   results = {
       "prior": os.path.abspath(path),
-      "protocol": (f"{exp.test_family.num_ways}-way "
-                   f"{exp.test_family.num_shots}-shot, "
-                   f"{exp.test_family.num_queries} queries per class, "
-                   f"meta-test classes"),
       "temperature": temperature,
-      "methods": rows,
+      "queries_per_class": exp.test_family.num_queries,
+      "meta_test_classes": exp.test_family.data.num_classes,
+      "rows": rows,
+      # The rows of the first protocol, by method name.
+      "methods": {r["method"]: r for r in rows
+                  if r["protocol"] == protocols[0]},
+      "omniglot_runs": runs,
       "example_genotype": adaptation.genotype.to_dict(),
+      "derived_network_parameters": genotype_param_count(
+          adaptation.genotype, num_classes=exp.test_family.num_ways,
+          in_channels=spec.in_channels, channels=spec.channels,
+          num_cells=spec.num_cells, stem_multiplier=spec.stem_multiplier,
+          reduction_cells=spec.reduction_cells),
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(format_results(results) + "\n")
+  return results
+
+
+def score_omniglot_runs(methods: dict[str, tuple[SupernetDist, int]],
+                        exp: Experiment, temperature: float,
+                        runs_path: str = "") -> dict[str, Any]:
+  """Error rates on the 20 official Omniglot within-alphabet one-shot runs."""
+  height = exp.train_family.image_shape[0]
+  runs = load_omniglot_runs(runs_path or None, image_size=height)
+  ways = runs.support_x.shape[1]
+  results = {}
+  for name, (dist, steps) in methods.items():
+    dist = prior_lib.restrict_ways(dist, ways)
+
+    def classify(support_x, support_y, query_x, dist=dist, steps=steps):
+      return adapt(dist, support_x, support_y, query_x, config=exp.adapt,
+                   temperature=temperature, steps=steps,
+                   derive=False).query_predictions
+
+    results[name] = score_runs(runs, classify)
   return results
 
 
 def format_results(results: dict[str, Any]) -> str:
-  """A Markdown table of :func:`evaluate`'s results."""
-  lines = [f"Protocol: {results['protocol']}", "",
-           "| method | query accuracy | 95% CI | adapt s/task |",
-           "| --- | --- | --- | --- |"]
-  for name, row in results["methods"].items():
-    lines.append(f"| {name} | {row['query_accuracy']:.3f} | "
-                 f"± {row['ci95']:.3f} | {row['seconds_per_task']:.3f} |")
+  """Markdown tables of :func:`evaluate`'s results."""
+  lines = [f"Meta-test classes: {results['meta_test_classes']}, "
+           f"{results['queries_per_class']} queries per class; "
+           f"parameters = supernet weights used by the posterior predictive "
+           f"(the derived network has {results['derived_network_parameters']})."
+           , "",
+           "| method | protocol | query accuracy | 95% CI | adapt s/task "
+           "| parameters |",
+           "| --- | --- | --- | --- | --- | --- |"]
+  for row in results["rows"]:
+    lines.append(f"| {row['method']} | {row['protocol']} | "
+                 f"{row['query_accuracy']:.3f} | ± {row['ci95']:.3f} | "
+                 f"{row['seconds_per_task']:.3f} | {row['parameters']} |")
+  if results.get("omniglot_runs"):
+    lines += ["", "Omniglot 20 one-shot runs (20-way, within alphabet):", "",
+              "| method | error rate | errors / items |", "| --- | --- | --- |"]
+    for name, run in results["omniglot_runs"].items():
+      lines.append(f"| {name} | {100 * run['error_rate']:.1f}% | "
+                   f"{run['errors']} / {run['items']} |")
   return "\n".join(lines)

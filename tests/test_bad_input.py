@@ -128,7 +128,7 @@ def test_library_entry_points_reject_bad_input():
       (lambda: base.adapt(prior, np.repeat(x, 3, -1), y), "channels|1\\]"),
       (lambda: base.adapt(prior, x, y.astype(np.float32)), "integers"),
       (lambda: base.adapt(prior, x, y[:4]), "labels must be 6"),
-      (lambda: base.adapt(prior, x, y, x), "both query_x and query_y"),
+      (lambda: base.adapt(prior, x, y, query_y=y), "without query_x"),
       (lambda: Genotype.from_json('{"normal": [["warp", 0], ["skip_connect", 1]],'
                                   ' "normal_concat": [2], "reduce": [],'
                                   ' "reduce_concat": [2]}'), "warp"),

@@ -127,10 +127,10 @@ def test_omniglot_config_runs_end_to_end(tmp_path):
   shrunk = tiny_config()
   config.supernet = shrunk.supernet
   config.adapt = shrunk.adapt
-  config.data.num_ways = 5
-  config.train.update(num_steps=2, meta_batch_size=2, log_every=1,
+  config.train.update(num_steps=2, meta_batch_size=1, log_every=1,
                       checkpoint_every=2)
-  config.evaluate.update(episodes=3, baselines=False)
+  config.evaluate.update(episodes=2, baselines=False, omniglot_runs=True,
+                         protocols=("20-way 1-shot", "5-way 5-shot"))
   experiment = train.build_experiment(config)
   assert experiment.train_family.image_shape == (28, 28, 1)
   # 200 background characters x 4 rotations for meta-training, 42 held out.
@@ -139,8 +139,16 @@ def test_omniglot_config_runs_end_to_end(tmp_path):
   train.meta_train(config, str(tmp_path), experiment=experiment,
                    progress=False)
   results = train.evaluate(config, str(tmp_path), experiment=experiment)
-  row = results["methods"]["base (meta-learned prior, adapted)"]
-  assert 0.0 <= row["query_accuracy"] <= 1.0 and row["episodes"] == 3
+  assert [(r["method"], r["protocol"]) for r in results["rows"]] == [
+      ("base (meta-learned prior, adapted)", "20-way 1-shot"),
+      ("base (meta-learned prior, adapted)", "5-way 5-shot")]
+  for row in results["rows"]:
+    assert 0.0 <= row["query_accuracy"] <= 1.0 and row["episodes"] == 2
+  runs = results["omniglot_runs"]["base (meta-learned prior, adapted)"]
+  assert runs["items"] == 400 and runs["runs"] == 20
+  assert 0 <= runs["errors"] <= 400
+  table = (tmp_path / "results.md").read_text()
+  assert "5-way 5-shot" in table and "error rate" in table
 
 
 def _tensorboard_scalars(directory):

@@ -1,0 +1,68 @@
+"""Evaluation protocols: the 20-run scorer, intervals, protocols, ways."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from base import prior as prior_lib
+from base.data import Episode
+from base.errors import ConfigError
+from base.evaluation import confidence_interval, parse_protocol, score_runs
+from base.supernet import apply_supernet
+from tests.conftest import tiny_spec
+
+
+def _nearest_neighbour(support_x, support_y, query_x):
+  d = ((query_x[:, None] - support_x[None]) ** 2).reshape(
+      len(query_x), len(support_x), -1).sum(-1)
+  return support_y[np.argmin(d, axis=1)]
+
+
+def test_run_scorer_on_hand_built_runs_with_known_answer():
+  """Two 4-way runs; test items are noisy copies, two of them mislabelled."""
+  rng = np.random.default_rng(0)
+  runs = []
+  for _ in range(2):
+    support = rng.random((4, 6, 6, 1))
+    order = rng.permutation(4)
+    query = support[order] + 0.01 * rng.random((4, 6, 6, 1))
+    runs.append((support, np.arange(4), query, order.copy()))
+  # Run 2: the true class of items 0 and 1 swapped -> 2 known errors for NN.
+  runs[1][3][[0, 1]] = runs[1][3][[1, 0]]
+  episode = Episode(*(np.stack(parts) for parts in zip(*runs)))
+  result = score_runs(episode, _nearest_neighbour)
+  assert result == {"error_rate": 2 / 8, "errors": 2, "items": 8, "runs": 2,
+                    "errors_per_run": [0, 2]}
+  with pytest.raises(ValueError, match="shape"):
+    score_runs(episode, lambda sx, sy, qx: np.zeros(3))
+
+
+def test_confidence_interval():
+  values = np.array([0.0, 1.0] * 50)
+  mean, half_width = confidence_interval(values)
+  assert mean == 0.5
+  assert half_width == pytest.approx(1.96 * np.std(values, ddof=1) / 10)
+  assert np.isnan(confidence_interval([0.7])[1])
+
+
+def test_parse_protocol():
+  assert parse_protocol("20-way 1-shot") == (20, 1)
+  assert parse_protocol(" 5-way  5-shot ") == (5, 5)
+  for bad in ("20 way 1 shot", "1-way 1-shot", "5-way 0-shot"):
+    with pytest.raises(ConfigError):
+      parse_protocol(bad)
+
+
+def test_restrict_ways_keeps_the_first_output_units():
+  prior = prior_lib.init_prior(tiny_spec(num_classes=6), jax.random.key(0))
+  small = prior_lib.restrict_ways(prior, 3)
+  assert small.spec.num_classes == 3
+  prior_lib.check_fits_spec(small)
+  x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1))
+  arch = prior.arch_probs
+  full = apply_supernet(prior.spec, prior.weight_mean, arch, x)
+  part = apply_supernet(small.spec, small.weight_mean, arch, x)
+  np.testing.assert_allclose(part, full[:, :3], rtol=1e-6)
+  with pytest.raises(ConfigError, match="cannot serve 7-way"):
+    prior_lib.restrict_ways(prior, 7)
