@@ -12,9 +12,10 @@ from absl import logging
 from base import plots
 from base import prior as prior_lib
 from base import train
+from base import transfer as transfer_lib
 from base.errors import ConfigError
 
-MODES = ("meta_train", "evaluate", "adapt", "all")
+MODES = ("meta_train", "evaluate", "adapt", "transfer", "all")
 CACHE_ENV = "BASE_COMPILATION_CACHE"
 
 
@@ -36,8 +37,14 @@ def enable_compilation_cache() -> str | None:
 
 def run(config: Any, workdir: str | None) -> None:
   mode = config.get("mode", "all")
-  if mode not in MODES:
-    raise ConfigError(f"unknown mode {mode!r}; expected one of {MODES}")
+  modes = [m.strip() for m in mode.split(",")]
+  unknown = [m for m in modes if m not in MODES]
+  if unknown:
+    raise ConfigError(f"unknown mode {', '.join(unknown)!r}; expected one or "
+                      f"more (comma-separated) of {MODES}")
+  if "all" in modes:
+    modes = ["meta_train", "evaluate", "adapt"] + [
+        m for m in modes if m not in ("all", "meta_train", "evaluate", "adapt")]
   workdir = workdir or os.path.join("runs", "default")
   enable_compilation_cache()
   experiment = train.build_experiment(config)
@@ -47,18 +54,23 @@ def run(config: Any, workdir: str | None) -> None:
         f"channels; tasks: {experiment.train_family.num_ways}-way "
         f"{experiment.train_family.num_shots}-shot on "
         f"{config.data.source}; workdir {os.path.abspath(workdir)}")
-  if mode in ("meta_train", "all"):
+  if "meta_train" in modes:
     logging.info("meta-training (the first step compiles the meta-step)")
     state = train.meta_train(config, workdir, experiment=experiment)
     print(f"prior saved to {os.path.join(workdir, train.PRIOR_FILENAME)} "
           f"after {int(state.step)} meta-steps")
-  if mode in ("evaluate", "all"):
+  if "evaluate" in modes:
     results = train.evaluate(config, workdir, experiment=experiment)
     print(train.format_results(results))
     print(f"results written to {os.path.join(workdir, 'results.json')} "
           f"and results.md")
-  if mode in ("adapt", "all"):
+  if "adapt" in modes:
     adapt_one_task(config, workdir, experiment)
+  if "transfer" in modes:
+    results = transfer_lib.transfer(config, workdir, experiment)
+    print(transfer_lib.format_transfer(results))
+    print(f"transfer results written to "
+          f"{os.path.join(workdir, 'transfer.json')} and transfer.md")
 
 
 def result_temperature(metadata: dict[str, Any],

@@ -17,7 +17,7 @@ T = TypeVar("T")
 #: Sections and top-level fields every experiment config has.
 TOP_LEVEL_FIELDS = ("mode", "seed", "method", "data", "supernet", "prior",
                     "adapt", "meta", "temperature", "train", "evaluate",
-                    "prior_path")
+                    "prior_path", "transfer", "maml")
 
 
 def as_dict(section: Any) -> dict[str, Any]:

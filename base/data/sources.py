@@ -480,7 +480,10 @@ def _image_folder_source(config: Any) -> LabelledImages:
     raise ConfigError(
         "data.source='image_folder' needs data.path: a folder, zip or tar of"
         ' class subfolders (several separated by commas)')
-  return load_image_folder(paths, _image_size(config, None))
+  max_per_class = config_field(config, 'max_per_class', 0) or None
+  grayscale = config_field(config, 'grayscale', None)
+  return load_image_folder(paths, _image_size(config, None),
+                           grayscale=grayscale, max_per_class=max_per_class)
 
 
 @register_source('tfds')
