@@ -18,17 +18,15 @@ prior can be used without the code or config that made it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization, struct
+from flax import struct
 
-from base import distributions
+from base import distributions, serialization
 from base.errors import CheckpointError, ConfigError
 from base.supernet import (CELL_TYPES, SupernetSpec, init_arch_logits,
                            init_supernet_weights)
@@ -172,64 +170,17 @@ def arch_entropy(dist: SupernetDist) -> dict[str, jax.Array]:
 # Saving and loading.
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """``{"a": {"b": x}}`` -> ``{"a/b": x}`` (leaves kept as they are)."""
-  flat = {}
-  for key, value in tree.items():
-    path = f"{prefix}/{key}" if prefix else str(key)
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, path))
-    else:
-      flat[path] = value
-  return flat
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  tree: dict[Any, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    parts = [int(p) if p.isdigit() else p for p in path.split("/")]
-    for part in parts[:-1]:
-      node = node.setdefault(part, {})
-    node[parts[-1]] = jnp.asarray(value)
-  return tree
-
-
-def _checksum(arrays: Mapping[str, np.ndarray], header: str) -> str:
-  digest = hashlib.sha256(header.encode())
-  for path in sorted(arrays):
-    digest.update(path.encode())
-    digest.update(np.ascontiguousarray(arrays[path]).tobytes())
-  return digest.hexdigest()
-
-
 def save_prior(path: str | os.PathLike, prior: SupernetDist,
                metadata: Mapping[str, Any] | None = None) -> None:
   """Writes ``prior`` (arrays, spec, metadata) to one file, atomically.
 
   The file is written beside ``path`` and renamed over it, so an existing
-  prior at ``path`` survives a crash mid-write.
+  prior at ``path`` survives a crash mid-write (``base.serialization``).
   """
-  arrays = {key: np.asarray(jax.device_get(value))
-            for key, value in _flatten(prior.to_dict()).items()}
-  header = json.dumps({"format": FORMAT, "version": FORMAT_VERSION,
-                       "spec": prior.spec.to_dict(),
-                       "metadata": dict(metadata or {})}, sort_keys=True)
-  blob = serialization.msgpack_serialize({
-      "header": header, "arrays": arrays,
-      "sha256": _checksum(arrays, header)})
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(blob)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  serialization.write_arrays_file(
+      path, prior.to_dict(),
+      {"format": FORMAT, "version": FORMAT_VERSION,
+       "spec": prior.spec.to_dict(), "metadata": dict(metadata or {})})
 
 
 def load_prior(path: str | os.PathLike,
@@ -245,39 +196,15 @@ def load_prior(path: str | os.PathLike,
     CheckpointError: the file is missing, truncated, corrupt, of another
       format, or its arrays do not fit its own supernet spec.
   """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise CheckpointError(f"prior file not found: {path}")
-  try:
-    with open(path, "rb") as f:
-      contents = serialization.msgpack_restore(f.read())
-    header_text = contents["header"]
-    header = json.loads(header_text)
-    arrays = contents["arrays"]
-    stored_sum = contents["sha256"]
-  except Exception as e:  # msgpack, json and key errors alike
-    raise CheckpointError(
-        f"corrupt or unreadable prior file {path}: {type(e).__name__}") from None
-  if header.get("format") != FORMAT:
-    raise CheckpointError(f"{path} is not a BASE prior file")
-  if header.get("version") != FORMAT_VERSION:
-    raise CheckpointError(f"{path} has prior format version "
-                          f"{header.get('version')}, expected {FORMAT_VERSION}")
-  try:
-    arrays = {path: np.asarray(value)
-              for path, value in _flatten(arrays).items()}
-  except (AttributeError, TypeError, ValueError):
-    raise CheckpointError(f"corrupt prior file {path}: malformed arrays") from None
-  if _checksum(arrays, header_text) != stored_sum:
-    raise CheckpointError(f"corrupt prior file {path}: checksum mismatch")
+  tree, header = serialization.read_arrays_file(
+      path, kind="prior", format_name=FORMAT, version=FORMAT_VERSION)
   try:
     spec = SupernetSpec.from_dict(header["spec"])
-  except ConfigError as e:
+  except (ConfigError, KeyError, TypeError) as e:
     raise CheckpointError(f"prior file {path} has an invalid spec: {e}") from None
-  tree = _unflatten(arrays)
   prior = SupernetDist(tree.get("arch_logits", {}), tree.get("weight_mean", {}),
                        tree.get("weight_log_std", {}), spec)
-  check_fits_spec(prior, source=path)
+  check_fits_spec(prior, source=os.fspath(path))
   if return_metadata:
     return prior, header.get("metadata", {})
   return prior
@@ -286,8 +213,10 @@ def load_prior(path: str | os.PathLike,
 def check_fits_spec(dist: SupernetDist, source: str = "prior") -> None:
   """Raises CheckpointError unless the arrays have the spec's structure."""
   expected = jax.eval_shape(lambda: init_prior(dist.spec, jax.random.key(0)))
-  want = {k: v.shape for k, v in _flatten(expected.to_dict()).items()}
-  have = {k: np.shape(v) for k, v in _flatten(dist.to_dict()).items()}
+  want = {k: v.shape
+          for k, v in serialization.flatten(expected.to_dict()).items()}
+  have = {k: np.shape(v)
+          for k, v in serialization.flatten(dist.to_dict()).items()}
   if want != have:
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))

@@ -52,5 +52,6 @@ def get_config() -> ml_collections.ConfigDict:
       num_steps=300, meta_batch_size=8, log_every=10, checkpoint_every=100))
 
   config.evaluate = ml_collections.ConfigDict(dict(
-      episodes=100, adapt_steps=0, seed=1234, baselines=True))
+      episodes=100, adapt_steps=0, seed=1234, baselines=True,
+      protocols=(), omniglot_runs=False, runs_path=""))
   return config
