@@ -26,15 +26,14 @@ which merges them with a cached ``GraphDef`` inside traced code:
 * :func:`score_maml`: the meta-test protocol of ``base.train.score_prior``
   (same episodes for the same seed, same result keys), so the two methods'
   rows sit side by side in one table.
-* :func:`save_maml` / :func:`load_maml`: one self-describing msgpack file.
+* :func:`save_maml` / :func:`load_maml`: one self-describing file in the
+  format of ``base.serialization`` (the priors' format).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import math
 import os
 import time
@@ -45,9 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
-from flax import nnx, serialization
+from flax import nnx
 
-from base import ops
+from base import ops, serialization
 from base.data import Episode, TaskFamily
 from base.data.episodes import check_count
 from base.errors import CheckpointError, ConfigError
@@ -211,8 +210,9 @@ def conv4_architecture(weights: Weights) -> dict[str, int]:
                       "classifier kernel 2-D")
   in_channels, hidden = int(kernels[0].shape[2]), int(kernels[0].shape[3])
   features, num_ways = (int(d) for d in classifier.shape)
-  final = math.isqrt(features // hidden)
-  if final * final * hidden != features or np.shape(bias) != (num_ways,):
+  final = math.isqrt(features // hidden) if hidden else 0
+  if (final < 1 or final * final * hidden != features
+      or np.shape(bias) != (num_ways,)):
     raise ConfigError(f"not Conv-4 weights: classifier of shape "
                       f"{tuple(classifier.shape)} does not follow {hidden}-"
                       f"channel blocks")
@@ -242,8 +242,8 @@ def apply_conv4(weights: Weights, x: jax.Array) -> jax.Array:
 
 
 def count_parameters(weights: Weights) -> int:
-  """Number of scalars in ``weights``."""
-  return int(sum(np.size(leaf) for leaf in jax.tree.leaves(weights)))
+  """Number of scalars in ``weights`` (arrays or ``jax.eval_shape`` shapes)."""
+  return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(weights)))
 
 
 # ----------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def count_parameters(weights: Weights) -> int:
 
 
 def cross_entropy(weights: Weights, x: jax.Array, y: jax.Array) -> jax.Array:
-  """Mean cross-entropy of Conv-4 on images ``x`` ``[n, S, S, C]``, labels ``y``."""
+  """Mean cross-entropy of Conv-4 on images ``x`` ``[n, S, S, C]``, ``y``."""
   logits = apply_conv4(weights, x)
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
@@ -305,6 +305,16 @@ def task_query_loss(weights: Weights, episode: Episode,
   return cross_entropy(adapted, episode.query_x, episode.query_y)
 
 
+def _compiled_fields(cfg: MAMLConfig) -> MAMLConfig:
+  """``cfg`` with only the fields a meta-step reads; the rest at defaults.
+
+  The compiled meta-step is cached on its (static) config, so configs that
+  differ only in, say, ``num_steps`` share one program.
+  """
+  return MAMLConfig(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
+                    first_order=cfg.first_order, meta_lr=cfg.meta_lr)
+
+
 def _adam_update(weights, opt_state, grads, meta_lr):
   updates, opt_state = optax.adam(meta_lr).update(grads, opt_state, weights)
   return optax.apply_updates(weights, updates), opt_state
@@ -352,6 +362,7 @@ def maml_meta_step(weights: Weights, opt_state: Any, episodes: Episode,
   step at hidden=64 on 28x28). ``weights`` and ``opt_state`` are donated;
   the loss stays on the device.
   """
+  cfg = _compiled_fields(cfg)
   if resolve_task_batching(task_batching) == "vmap":
     return _meta_step_vmapped(weights, opt_state, episodes, cfg=cfg)
   losses, grads = [], []
@@ -523,106 +534,35 @@ def score_maml(weights: Weights, family: TaskFamily, cfg: MAMLConfig, *,
 # Saving and loading.
 
 
-def _flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
-  """``{"a": {0: x}}`` -> ``{"a/0": x}`` (leaves kept as they are)."""
-  flat = {}
-  for key, value in tree.items():
-    path = f"{prefix}/{key}" if prefix else str(key)
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, path))
-    else:
-      flat[path] = value
-  return flat
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> Weights:
-  """Inverse of :func:`_flatten`; all-digit parts become int keys (nnx.List)."""
-  tree: dict[Any, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    parts = [int(p) if p.isdigit() else p for p in path.split("/")]
-    for part in parts[:-1]:
-      node = node.setdefault(part, {})
-    node[parts[-1]] = jnp.asarray(value)
-  return tree
-
-
-def _checksum(arrays: Mapping[str, np.ndarray], header: str) -> str:
-  digest = hashlib.sha256(header.encode())
-  for path in sorted(arrays):
-    array = np.ascontiguousarray(arrays[path])
-    digest.update(f"{path}:{array.dtype.str}:{array.shape}".encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
-
-
 def save_maml(path: str | os.PathLike, weights: Weights,
               metadata: Mapping[str, Any] | None = None) -> None:
   """Writes Conv-4 ``weights`` and JSON ``metadata`` to one file, atomically.
 
-  The file is written beside ``path`` and renamed over it, so an existing
-  file at ``path`` survives a crash mid-write.
+  The format is ``base.serialization``'s (as for priors): a JSON header with
+  the architecture, the arrays, and a checksum; the file is written beside
+  ``path`` and renamed over it, so an existing file survives a crash.
 
   Raises:
     ConfigError: ``weights`` are not Conv-4 weights, or ``metadata`` is not
       JSON-serialisable.
   """
-  architecture = conv4_architecture(weights)
-  arrays = {key: np.asarray(jax.device_get(value))
-            for key, value in _flatten(weights).items()}
-  try:
-    header = json.dumps({"format": FORMAT, "version": FORMAT_VERSION,
-                         "architecture": architecture,
-                         "metadata": dict(metadata or {})}, sort_keys=True)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"MAML metadata must be JSON-serialisable: {e}") from None
-  blob = serialization.msgpack_serialize({
-      "header": header, "arrays": arrays,
-      "sha256": _checksum(arrays, header)})
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(blob)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  header = {"format": FORMAT, "version": FORMAT_VERSION,
+            "architecture": conv4_architecture(weights),
+            "metadata": dict(metadata or {})}
+  serialization.write_arrays_file(path, weights, header)
 
 
 def load_maml(path: str | os.PathLike) -> tuple[Weights, dict[str, Any]]:
   """Reads ``(weights, metadata)`` written by :func:`save_maml`.
 
   Raises:
-    CheckpointError: the file is missing, truncated, corrupt, of another
-      format, or its arrays are not the Conv-4 its header describes.
+    CheckpointError: naming ``path``, when the file is missing, truncated,
+      corrupt, of another format, or its arrays are not the Conv-4 its
+      header describes.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise CheckpointError(f"MAML weights file not found: {path}")
-  try:
-    with open(path, "rb") as f:
-      contents = serialization.msgpack_restore(f.read())
-    header_text = contents["header"]
-    header = json.loads(header_text)
-    arrays = {key: np.asarray(value)
-              for key, value in _flatten(contents["arrays"]).items()}
-    stored_sum = contents["sha256"]
-  except Exception as e:  # msgpack, json, key and type errors alike
-    raise CheckpointError(f"corrupt or unreadable MAML weights file {path}: "
-                          f"{type(e).__name__}") from None
-  if not isinstance(header, dict) or header.get("format") != FORMAT:
-    raise CheckpointError(f"{path} is not a MAML weights file")
-  if header.get("version") != FORMAT_VERSION:
-    raise CheckpointError(f"{path} has MAML format version "
-                          f"{header.get('version')}, expected {FORMAT_VERSION}")
-  if _checksum(arrays, header_text) != stored_sum:
-    raise CheckpointError(f"corrupt MAML weights file {path}: checksum "
-                          f"mismatch")
-  weights = _unflatten(arrays)
+  weights, header = serialization.read_arrays_file(
+      path, kind="MAML weights", format_name=FORMAT, version=FORMAT_VERSION)
   _check_architecture(weights, header.get("architecture"), path)
   return weights, header.get("metadata", {})
 
@@ -641,9 +581,9 @@ def _check_architecture(weights: Weights, architecture: Any,
     raise CheckpointError(f"MAML weights file {path} has an invalid "
                           f"architecture header: {type(e).__name__}") from None
   want = {k: (tuple(v.shape), np.dtype(v.dtype))
-          for k, v in _flatten(expected).items()}
+          for k, v in serialization.flatten(expected).items()}
   have = {k: (tuple(np.shape(v)), np.dtype(v.dtype))
-          for k, v in _flatten(weights).items()}
+          for k, v in serialization.flatten(weights).items()}
   if want != have:
     wrong = sorted(k for k in set(want) | set(have)
                    if want.get(k) != have.get(k))
