@@ -59,6 +59,9 @@ def run(config: Any, workdir: str | None) -> None:
     state = train.meta_train(config, workdir, experiment=experiment)
     print(f"prior saved to {os.path.join(workdir, train.PRIOR_FILENAME)} "
           f"after {int(state.step)} meta-steps")
+    if experiment.maml is not None:
+      path = train.meta_train_maml(experiment, workdir, int(config.seed))
+      print(f"MAML Conv-4 baseline saved to {path}")
   if "evaluate" in modes:
     results = train.evaluate(config, workdir, experiment=experiment)
     print(train.format_results(results))

@@ -117,6 +117,7 @@ class Experiment(NamedTuple):
   temperature: TemperatureConfig
   prior: PriorConfig
   evaluate: EvaluateConfig
+  maml: Any = None  # base.methods.maml.MAMLConfig when maml.enabled
 
   @property
   def schedule(self):
@@ -154,7 +155,34 @@ def build_experiment(config: Any) -> Experiment:
       prior=config_utils.dataclass_from_config(PriorConfig, config.prior,
                                                "prior"),
       evaluate=config_utils.dataclass_from_config(
-          EvaluateConfig, config.get("evaluate"), "evaluate"))
+          EvaluateConfig, config.get("evaluate"), "evaluate"),
+      maml=_maml_config(config.get("maml")))
+
+
+def _maml_config(section: Any):
+  """The MAML Conv-4 baseline's config, or None when not enabled."""
+  values = config_utils.as_dict(section)
+  if not values.pop("enabled", False):
+    return None
+  from base.methods import maml  # the core never needs the baseline
+  return config_utils.dataclass_from_config(maml.MAMLConfig, values, "maml")
+
+
+MAML_FILENAME = "maml_conv4.msgpack"
+
+
+def meta_train_maml(exp: Experiment, workdir: str, seed: int,
+                    progress: bool = True) -> str:
+  """Meta-trains the MAML Conv-4 baseline on the same task family."""
+  from base.methods import maml
+  start = time.perf_counter()
+  weights, history = maml.maml_meta_train(exp.train_family, exp.maml,
+                                          seed=seed, progress=progress)
+  path = os.path.join(_check_workdir(workdir), MAML_FILENAME)
+  maml.save_maml(path, weights, {
+      "steps": exp.maml.num_steps, "seconds": time.perf_counter() - start,
+      "final_loss": history[-1] if history else None})
+  return path
 
 
 def episode_rng(seed: int, step: int) -> np.random.Generator:
@@ -479,6 +507,10 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
         "random init, adapted (same budget)": (random_prior, steps),
         "random init, not adapted": (random_prior, 0)})
   supernet_parameters = count_params(prior.weight_mean)
+  maml_weights = None
+  if exp.maml is not None:
+    from base.methods import maml
+    maml_weights, _ = maml.load_maml(os.path.join(workdir, MAML_FILENAME))
   protocols = ev.protocols or (f"{exp.test_family.num_ways}-way "
                                f"{exp.test_family.num_shots}-shot",)
   rows = []
@@ -494,9 +526,17 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
       row.update(method=name, protocol=protocol,
                  parameters=supernet_parameters)
       rows.append(row)
+    if maml_weights is not None:
+      row = maml.score_maml(maml.restrict_ways(maml_weights, ways), family,
+                            exp.maml, episodes=ev.episodes, seed=ev.seed)
+      row.update(method=MAML_METHOD, protocol=protocol)
+      rows.append(row)
   runs = {}
   if ev.omniglot_runs:
     runs = score_omniglot_runs(methods, exp, temperature, ev.runs_path)
+    if maml_weights is not None:
+      runs[MAML_METHOD] = score_omniglot_runs_maml(maml_weights, exp,
+                                                   ev.runs_path)
   episode = exp.test_family.sample(np.random.default_rng(ev.seed))
   adaptation = adapt(prior_lib.restrict_ways(prior, exp.test_family.num_ways),
                      episode.support_x, episode.support_y, episode.query_x,
@@ -545,6 +585,25 @@ def score_omniglot_runs(methods: dict[str, tuple[SupernetDist, int]],
 
     results[name] = score_runs(runs, classify)
   return results
+
+
+MAML_METHOD = "MAML Conv-4 (meta-trained, same episodes)"
+
+
+def score_omniglot_runs_maml(weights: Any, exp: Experiment,
+                             runs_path: str = "") -> dict[str, Any]:
+  """The 20 one-shot runs for the MAML Conv-4 baseline."""
+  from base.methods import maml
+  runs = load_omniglot_runs(runs_path or None,
+                            image_size=exp.train_family.image_shape[0])
+  weights = maml.restrict_ways(weights, runs.support_x.shape[1])
+  steps = exp.maml.eval_steps
+
+  def classify(support_x, support_y, query_x):
+    adapted = maml.maml_adapt(weights, support_x, support_y, exp.maml, steps)
+    return np.asarray(jnp.argmax(maml.apply_conv4(adapted, query_x), -1))
+
+  return score_runs(runs, classify)
 
 
 def format_results(results: dict[str, Any]) -> str:

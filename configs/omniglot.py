@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.adapt.update(dict(steps=5, lr_weights=1.0, lr_arch=2.0))
   config.train.update(dict(num_steps=5000, meta_batch_size=8, log_every=50,
                            checkpoint_every=500))
+  config.maml.update(dict(enabled=True, hidden=64, inner_steps=5,
+                          inner_lr=0.4, meta_batch_size=8, num_steps=5000))
   config.evaluate.update(dict(
       episodes=600, omniglot_runs=True,
       protocols=("20-way 1-shot", "20-way 5-shot", "5-way 1-shot",

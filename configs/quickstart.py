@@ -51,6 +51,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       num_steps=300, meta_batch_size=8, log_every=10, checkpoint_every=100))
 
+  # The MAML baseline: a Conv-4 meta-trained with (first-order) MAML on the
+  # same tasks, scored on the same episodes (enable with maml.enabled=True).
+  config.maml = ml_collections.ConfigDict(dict(
+      enabled=False, hidden=32, inner_steps=3, inner_lr=0.4, first_order=True,
+      meta_lr=1e-3, meta_batch_size=8, num_steps=300, eval_inner_steps=0))
+
   config.evaluate = ml_collections.ConfigDict(dict(
       episodes=100, adapt_steps=0, seed=1234, baselines=True,
       protocols=(), omniglot_runs=False, runs_path=""))

@@ -131,6 +131,7 @@ def test_omniglot_config_runs_end_to_end(tmp_path):
                       checkpoint_every=2)
   config.evaluate.update(episodes=2, baselines=False, omniglot_runs=True,
                          protocols=("20-way 1-shot", "5-way 5-shot"))
+  config.maml.update(enabled=True, hidden=4, num_steps=2, meta_batch_size=1)
   experiment = train.build_experiment(config)
   assert experiment.train_family.image_shape == (28, 28, 1)
   # 200 background characters x 4 rotations for meta-training, 42 held out.
@@ -138,10 +139,15 @@ def test_omniglot_config_runs_end_to_end(tmp_path):
   assert experiment.test_family.data.num_classes == 42
   train.meta_train(config, str(tmp_path), experiment=experiment,
                    progress=False)
+  train.meta_train_maml(experiment, str(tmp_path), seed=0, progress=False)
   results = train.evaluate(config, str(tmp_path), experiment=experiment)
   assert [(r["method"], r["protocol"]) for r in results["rows"]] == [
       ("base (meta-learned prior, adapted)", "20-way 1-shot"),
-      ("base (meta-learned prior, adapted)", "5-way 5-shot")]
+      (train.MAML_METHOD, "20-way 1-shot"),
+      ("base (meta-learned prior, adapted)", "5-way 5-shot"),
+      (train.MAML_METHOD, "5-way 5-shot")]
+  assert results["rows"][1]["parameters"] > 0
+  assert results["omniglot_runs"][train.MAML_METHOD]["items"] == 400
   for row in results["rows"]:
     assert 0.0 <= row["query_accuracy"] <= 1.0 and row["episodes"] == 2
   runs = results["omniglot_runs"]["base (meta-learned prior, adapted)"]

@@ -589,3 +589,17 @@ def _check_architecture(weights: Weights, architecture: Any,
                    if want.get(k) != have.get(k))
     raise CheckpointError(f"MAML weights file {path} does not match its "
                           f"Conv-4 header: {wrong[:3]}")
+
+
+def restrict_ways(weights: Weights, ways: int) -> Weights:
+  """The same Conv-4 for ``ways``-way tasks: its first ``ways`` output units.
+
+  As for a BASE prior (``base.prior.restrict_ways``): episodes relabel
+  classes at random, so the output units are exchangeable.
+  """
+  classifier = weights["classifier"]
+  num_ways = classifier["bias"].shape[0]
+  if not 2 <= ways <= num_ways:
+    raise ConfigError(f"a {num_ways}-way Conv-4 cannot serve {ways}-way tasks")
+  return {**weights, "classifier": {"kernel": classifier["kernel"][:, :ways],
+                                    "bias": classifier["bias"][:ways]}}
