@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from flax import nnx
 
 from base.errors import ConfigError
@@ -30,6 +30,7 @@ class StandaloneTrainConfig:
   weight_decay: float = 3e-4
   augment: bool = False  # random crop (pad 4) and horizontal flip
   seed: int = 0
+  progress: bool = False  # a progress bar over epochs
 
 
 def augment_batch(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
@@ -86,7 +87,8 @@ def train_classifier(model: nnx.Module, images: np.ndarray, labels: np.ndarray,
   rng = np.random.default_rng(cfg.seed)
   key = jax.random.key(cfg.seed)
   history = []
-  for epoch in range(cfg.epochs):
+  for epoch in tqdm.trange(cfg.epochs, desc="train derived network",
+                           disable=not cfg.progress, dynamic_ncols=True):
     start = time.perf_counter()
     order = rng.permutation(n)
     losses, accs = [], []

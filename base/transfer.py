@@ -125,7 +125,8 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
   recipe = StandaloneTrainConfig(
       epochs=cfg.epochs, batch_size=cfg.batch_size,
       learning_rate=cfg.learning_rate, momentum=cfg.momentum,
-      weight_decay=cfg.weight_decay, augment=cfg.augment, seed=cfg.seed)
+      weight_decay=cfg.weight_decay, augment=cfg.augment, seed=cfg.seed,
+      progress=True)
   start = time.perf_counter()
   history = train_classifier(network, train_data.images, train_data.labels,
                              recipe)

@@ -1,7 +1,6 @@
 """Evaluation protocols: the 20-run scorer, intervals, protocols, ways."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

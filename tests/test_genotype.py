@@ -1,6 +1,5 @@
 """Genotypes: derivation, JSON, the standalone network and its size."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from base import cli, train
+from base import cli
 from base.genotype import Genotype, genotype_param_count
 from tests.conftest import REPO_ROOT, tiny_config
 
