@@ -8,9 +8,10 @@ function, so the scorer is tested on its own with a hand-built run.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
+import tqdm
 
 from base.errors import ConfigError
 
@@ -24,6 +25,37 @@ def confidence_interval(values: Any, z: float = 1.96) -> tuple[float, float]:
     return float(values.mean()), float("nan")
   return (float(values.mean()),
           float(z * values.std(ddof=1) / np.sqrt(values.size)))
+
+
+class EpisodeScore(NamedTuple):
+  """What one method achieved on one episode."""
+  query_accuracy: float
+  support_accuracy: float
+  seconds: float  # wall time of the adaptation alone
+
+
+def score_episodes(family: Any, score_one: Callable[[Any, int], EpisodeScore],
+                   *, episodes: int, seed: int,
+                   desc: str | None = None) -> dict[str, Any]:
+  """Scores a method on ``episodes`` episodes of ``family``; mean ± 95% CI.
+
+  Episode ``i`` is the ``i``-th ``family.sample(rng)`` of
+  ``rng = np.random.default_rng(seed)``, so every method scored with the same
+  seed sees the very same episodes. ``score_one(episode, i)`` adapts to one
+  episode and scores it; ``desc`` shows a progress bar with that label.
+  ``seconds_per_task`` is a median, which leaves out a first call's
+  compilation.
+  """
+  rng = np.random.default_rng(seed)
+  scores = [score_one(family.sample(rng), index)
+            for index in tqdm.trange(episodes, desc=desc, disable=desc is None,
+                                     leave=False, dynamic_ncols=True)]
+  mean, half_width = confidence_interval([s.query_accuracy for s in scores])
+  return {"query_accuracy": mean, "ci95": half_width,
+          "support_accuracy": float(np.mean([s.support_accuracy
+                                             for s in scores])),
+          "episodes": episodes,
+          "seconds_per_task": float(np.median([s.seconds for s in scores]))}
 
 
 _PROTOCOL = re.compile(r"^\s*(\d+)-way\s+(\d+)-shot\s*$")

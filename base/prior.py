@@ -135,29 +135,33 @@ def weight_kl(q: SupernetDist, p: SupernetDist,
   return sum(jax.tree.leaves(terms))
 
 
-def restrict_ways(dist: SupernetDist, ways: int) -> SupernetDist:
-  """The same distribution for ``ways``-way tasks: the first classifier units.
+def restrict_classifier(weights: dict[str, Any], ways: int,
+                        what: str = "prior") -> dict[str, Any]:
+  """``weights`` with the linear ``classifier`` cut to its first ``ways`` units.
 
   Meta-training relabels the classes of every episode in a random order, so
-  the N output units of a prior are exchangeable and any ``ways <= N`` of
-  them serve ``ways``-way tasks (how a 20-way prior scores 5-way protocols).
+  the N output units of a meta-learned classifier are exchangeable and any
+  ``ways <= N`` of them serve ``ways``-way tasks (how a 20-way prior scores
+  5-way protocols).
   """
-  num_classes = dist.spec.num_classes
+  classifier = weights["classifier"]
+  num_classes = classifier["bias"].shape[0]
   if not 2 <= ways <= num_classes:
-    raise ConfigError(f"a {num_classes}-way prior cannot serve {ways}-way "
+    raise ConfigError(f"a {num_classes}-way {what} cannot serve {ways}-way "
                       f"tasks; meta-train one with num_ways >= {ways}")
-  if ways == num_classes:
+  return {**weights, "classifier": {**classifier,
+                                    "kernel": classifier["kernel"][:, :ways],
+                                    "bias": classifier["bias"][:ways]}}
+
+
+def restrict_ways(dist: SupernetDist, ways: int) -> SupernetDist:
+  """The same distribution for ``ways``-way tasks (see restrict_classifier)."""
+  if ways == dist.spec.num_classes:
     return dist
-
-  def head(tree):
-    classifier = dict(tree["classifier"])
-    classifier["kernel"] = classifier["kernel"][:, :ways]
-    classifier["bias"] = classifier["bias"][:ways]
-    return {**tree, "classifier": classifier}
-
   spec = dataclasses.replace(dist.spec, num_classes=ways)
-  return SupernetDist(dist.arch_logits, head(dist.weight_mean),
-                      head(dist.weight_log_std), spec)
+  return SupernetDist(dist.arch_logits,
+                      restrict_classifier(dist.weight_mean, ways),
+                      restrict_classifier(dist.weight_log_std, ways), spec)
 
 
 def arch_entropy(dist: SupernetDist) -> dict[str, jax.Array]:

@@ -28,7 +28,8 @@ from base.adaptation import AdaptConfig, accuracy, adapt_posterior, predict
 from base.checkpoints import MetaCheckpointer
 from base.data import EpisodeSampler, load_omniglot_runs, make_task_families
 from base.errors import BaseUserError, ConfigError
-from base.evaluation import confidence_interval, parse_protocol, score_runs
+from base.evaluation import (EpisodeScore, parse_protocol, score_episodes,
+                             score_runs)
 from base.genotype import Genotype, derive_genotype, genotype_param_count
 from base.meta import MetaOptConfig, MetaState, init_meta_state, meta_step
 from base.prior import SupernetDist
@@ -448,24 +449,18 @@ def score_prior(prior: SupernetDist, family: EpisodeSampler,
   Episodes run one by one through the single-task programs of :func:`adapt`
   (compiled once, shared with it); on CPU that beats vmapping tasks.
   """
-  rng = np.random.default_rng(seed)
-  accuracies, support, seconds = [], [], []
-  for index in tqdm.trange(episodes, desc=desc, disable=desc is None,
-                           leave=False, dynamic_ncols=True):
-    episode = family.sample(rng)
+  def score_one(episode, index):
     result = adapt(prior, episode.support_x, episode.support_y,
                    episode.query_x, episode.query_y, config=cfg,
                    temperature=temperature, steps=steps,
                    seed=seed * 100_003 + index, derive=False)
-    accuracies.append(result.query_accuracy)
-    support.append(result.support_accuracy)
-    seconds.append(result.seconds)
-  mean, half_width = confidence_interval(accuracies)
-  return {"query_accuracy": mean, "ci95": half_width,
-          "support_accuracy": float(np.mean(support)), "episodes": episodes,
-          "adapt_steps": steps,
-          # The median leaves out the first call's compilation.
-          "seconds_per_task": float(np.median(seconds))}
+    return EpisodeScore(result.query_accuracy, result.support_accuracy,
+                        result.seconds)
+
+  row = score_episodes(family, score_one, episodes=episodes, seed=seed,
+                       desc=desc)
+  row["adapt_steps"] = steps
+  return row
 
 
 def load_prior_for(exp: Experiment, path: str

@@ -50,7 +50,8 @@ from base import ops, serialization
 from base.data import Episode, TaskFamily
 from base.data.episodes import check_count
 from base.errors import CheckpointError, ConfigError
-from base.evaluation import confidence_interval
+from base.evaluation import EpisodeScore, score_episodes
+from base.prior import restrict_classifier
 from base.meta import resolve_task_batching
 from base.train import NonFiniteLossError, episode_rng
 
@@ -508,26 +509,21 @@ def score_maml(weights: Weights, family: TaskFamily, cfg: MAMLConfig, *,
   _check_fits(weights, family)
   adapt = functools.partial(_adapt_single, inner_lr=cfg.inner_lr,
                             first_order=cfg.first_order, steps=steps)
-  rng = np.random.default_rng(seed)
-  accuracies, support, seconds = [], [], []
-  for index in range(episodes):
-    episode = family.sample(rng)
+  def score_one(episode, index):
     support_x = jnp.asarray(episode.support_x, jnp.float32)
     support_y = jnp.asarray(episode.support_y, jnp.int32)
     if index == 0:  # Compile outside the timed calls.
       jax.block_until_ready(adapt(weights, support_x, support_y))
     start = time.perf_counter()
     adapted = jax.block_until_ready(adapt(weights, support_x, support_y))
-    seconds.append(time.perf_counter() - start)
-    accuracies.append(float(_accuracy(adapted, episode.query_x,
-                                      episode.query_y)))
-    support.append(float(_accuracy(adapted, support_x, support_y)))
-  mean, half_width = confidence_interval(accuracies)
-  return {"query_accuracy": mean, "ci95": half_width,
-          "support_accuracy": float(np.mean(support)), "episodes": episodes,
-          "adapt_steps": steps,
-          "seconds_per_task": float(np.median(seconds)),
-          "parameters": count_parameters(weights)}
+    seconds = time.perf_counter() - start
+    return EpisodeScore(
+        float(_accuracy(adapted, episode.query_x, episode.query_y)),
+        float(_accuracy(adapted, support_x, support_y)), seconds)
+
+  row = score_episodes(family, score_one, episodes=episodes, seed=seed)
+  row.update(adapt_steps=steps, parameters=count_parameters(weights))
+  return row
 
 
 # ----------------------------------------------------------------------------
@@ -597,9 +593,4 @@ def restrict_ways(weights: Weights, ways: int) -> Weights:
   As for a BASE prior (``base.prior.restrict_ways``): episodes relabel
   classes at random, so the output units are exchangeable.
   """
-  classifier = weights["classifier"]
-  num_ways = classifier["bias"].shape[0]
-  if not 2 <= ways <= num_ways:
-    raise ConfigError(f"a {num_ways}-way Conv-4 cannot serve {ways}-way tasks")
-  return {**weights, "classifier": {"kernel": classifier["kernel"][:, :ways],
-                                    "bias": classifier["bias"][:ways]}}
+  return restrict_classifier(weights, ways, "Conv-4")
