@@ -29,7 +29,7 @@ import optax
 from base import prior as prior_lib
 from base.errors import ConfigError
 from base.prior import SupernetDist
-from base.supernet import apply_supernet
+from base.supernet import COMPUTE_DTYPES, apply_supernet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,11 @@ class AdaptConfig:
     eval_samples: posterior samples averaged by :func:`predict`.
     unroll: python-unroll the steps (else ``lax.scan``); XLA:CPU runs the
       unrolled form faster, at a longer compile.
+    single_path: sample hard architectures and compute only the picked op
+      of every edge (GDAS-style straight-through gradient to the sampled
+      coordinate; ``base.single_path``); implies ``hard``.
+    compute_dtype: "float32" or "bfloat16" (mixed precision: bf16 network
+      compute, float32 master weights, logits and updates).
   """
   steps: int = 5
   lr_weights: float = 0.1
@@ -61,6 +66,8 @@ class AdaptConfig:
   hard: bool = False
   eval_samples: int = 4
   unroll: bool = False
+  single_path: bool = False
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     if self.steps < 0:
@@ -72,6 +79,13 @@ class AdaptConfig:
       raise ConfigError(f"beta must be >= 0, got {self.beta}")
     if self.eval_samples < 1:
       raise ConfigError(f"eval_samples must be >= 1, got {self.eval_samples}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ConfigError(f"unknown adapt.compute_dtype {self.compute_dtype!r};"
+                        f" expected one of {COMPUTE_DTYPES}")
+
+  @property
+  def hard_samples(self) -> bool:
+    return self.hard or self.single_path
 
 
 class TaskMetrics(NamedTuple):
@@ -91,10 +105,7 @@ def task_loss(q: SupernetDist, prior: SupernetDist, key: jax.Array,
     x: images ``[n, H, W, C]``; y: labels ``[n]``.
     num_examples: n in the KL's normalisation (default ``len(x)``).
   """
-  arch_key, weight_key = jax.random.split(key)
-  arch = prior_lib.sample_arch(q, arch_key, temperature, cfg.hard)
-  weights = prior_lib.sample_weights(q, weight_key, cfg.weight_posterior)
-  logits = apply_supernet(q.spec, weights, arch, x)
+  logits = sample_logits(q, key, x, temperature, cfg)
   nll = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
   kl = (prior_lib.arch_kl(q, prior)
         + prior_lib.weight_kl(q, prior, cfg.weight_posterior))
@@ -102,6 +113,17 @@ def task_loss(q: SupernetDist, prior: SupernetDist, key: jax.Array,
   loss = nll + cfg.beta * kl / n
   accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
   return loss, TaskMetrics(loss, nll, accuracy, kl)
+
+
+def sample_logits(dist: SupernetDist, key: jax.Array, x: jax.Array,
+                  temperature: jax.Array, cfg: AdaptConfig) -> jax.Array:
+  """Logits of ``x`` under one joint sample of (α, w) from ``dist``."""
+  arch_key, weight_key = jax.random.split(key)
+  arch = prior_lib.sample_arch(dist, arch_key, temperature, cfg.hard_samples)
+  weights = prior_lib.sample_weights(dist, weight_key, cfg.weight_posterior)
+  return apply_supernet(dist.spec, weights, arch, x,
+                        single_path=cfg.single_path,
+                        compute_dtype=cfg.compute_dtype)
 
 
 def inner_update(q: SupernetDist, grads: SupernetDist,
@@ -165,10 +187,8 @@ def predict(dist: SupernetDist, key: jax.Array, x: jax.Array,
   the Monte Carlo Bayesian predictive.
   """
   def one(sample_key):
-    arch_key, weight_key = jax.random.split(sample_key)
-    arch = prior_lib.sample_arch(dist, arch_key, temperature, cfg.hard)
-    weights = prior_lib.sample_weights(dist, weight_key, cfg.weight_posterior)
-    return jax.nn.softmax(apply_supernet(dist.spec, weights, arch, x), -1)
+    return jax.nn.softmax(sample_logits(dist, sample_key, x, temperature, cfg),
+                          -1)
 
   probs = jax.lax.map(one, jax.random.split(key, cfg.eval_samples))
   return jnp.mean(probs, axis=0)

@@ -9,13 +9,14 @@ import jax
 import numpy as np
 from absl import logging
 
+from base import compare as compare_lib
 from base import plots
 from base import prior as prior_lib
 from base import train
 from base import transfer as transfer_lib
 from base.errors import ConfigError
 
-MODES = ("meta_train", "evaluate", "adapt", "transfer", "all")
+MODES = ("meta_train", "evaluate", "adapt", "transfer", "compare", "all")
 CACHE_ENV = "BASE_COMPILATION_CACHE"
 
 
@@ -54,6 +55,9 @@ def run(config: Any, workdir: str | None) -> None:
         f"channels; tasks: {experiment.train_family.num_ways}-way "
         f"{experiment.train_family.num_shots}-shot on "
         f"{config.data.source}; workdir {os.path.abspath(workdir)}")
+  if experiment.method != "base":
+    run_method(experiment, modes, workdir)
+    return
   if "meta_train" in modes:
     logging.info("meta-training (the first step compiles the meta-step)")
     state = train.meta_train(config, workdir, experiment=experiment)
@@ -69,11 +73,61 @@ def run(config: Any, workdir: str | None) -> None:
           f"and results.md")
   if "adapt" in modes:
     adapt_one_task(config, workdir, experiment)
+  if "compare" in modes:
+    run_comparison(config, workdir, experiment)
   if "transfer" in modes:
     results = transfer_lib.transfer(config, workdir, experiment)
     print(transfer_lib.format_transfer(results))
     print(f"transfer results written to "
           f"{os.path.join(workdir, 'transfer.json')} and transfer.md")
+
+
+def run_comparison(config: Any, workdir: str,
+                   experiment: train.Experiment) -> None:
+  """Every method of ``config.compare`` on the same episodes; one table."""
+  results = compare_lib.compare(config, workdir, experiment)
+  print(compare_lib.format_comparison(results))
+  print(f"comparison written to {os.path.join(workdir, compare_lib.COMPARE_JSON)}"
+        f" and {compare_lib.COMPARE_MD}")
+
+
+def run_method(experiment: train.Experiment, modes: list[str],
+               workdir: str) -> None:
+  """The modes for a method other than BASE (``config.method``)."""
+  from base import methods
+  method = methods.get_method(experiment.method)
+  cfg = experiment.method_config
+  if "transfer" in modes:
+    raise ConfigError(f"mode 'transfer' transfers a BASE prior; it is not "
+                      f"available for method {method.name!r}")
+  if "meta_train" in modes:
+    summary = method.meta_train(experiment, cfg, workdir,
+                                seed=int(experiment.config.seed))
+    print(f"{method.title}: meta-trained in {summary['seconds']:.1f} s; "
+          f"saved in {os.path.abspath(workdir)}")
+  if "evaluate" in modes:
+    results = compare_lib.run_methods(experiment, (method.name,), workdir,
+                                      meta_train=False, output_name="results",
+                                      subdirectories=False)
+    print(compare_lib.format_comparison(results))
+    print(f"results written to {os.path.join(workdir, 'results.json')} "
+          f"and results.md")
+  if "compare" in modes:
+    run_comparison(experiment.config, workdir, experiment)
+  if "adapt" in modes:
+    learner = method.load_learner(experiment, cfg, workdir)
+    seed = int(experiment.config.seed) + 7
+    episode = experiment.test_family.sample(np.random.default_rng(seed))
+    result = learner.adapt_and_predict(episode.support_x, episode.support_y,
+                                       episode.query_x, seed=seed)
+    accuracy = float(np.mean(result.query_predictions == episode.query_y))
+    print(f"{method.title} adapted to a new "
+          f"{experiment.test_family.num_ways}-way task: support accuracy "
+          f"{result.support_accuracy:.3f}, query accuracy {accuracy:.3f}")
+    if result.genotype is not None:
+      print(f"genotype: {result.genotype}")
+      with open(os.path.join(workdir, "adapted_genotype.json"), "w") as f:
+        f.write(result.genotype.to_json(indent=2))
 
 
 def result_temperature(metadata: dict[str, Any],

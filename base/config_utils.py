@@ -17,7 +17,8 @@ T = TypeVar("T")
 #: Sections and top-level fields every experiment config has.
 TOP_LEVEL_FIELDS = ("mode", "seed", "method", "data", "supernet", "prior",
                     "adapt", "meta", "temperature", "train", "evaluate",
-                    "prior_path", "transfer", "maml")
+                    "prior_path", "transfer", "maml", "metanas", "warm_start",
+                    "atnas", "metad2a", "compare")
 
 
 def as_dict(section: Any) -> dict[str, Any]:

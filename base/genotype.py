@@ -174,6 +174,7 @@ def build_genotype_network(genotype: Genotype, *, num_classes: int,
                            stem_multiplier: int = 3,
                            reduction_cells: Sequence[int] | None = None,
                            depthwise_impl: str = "auto",
+                           channel_scale: int = 2,
                            rngs: nnx.Rngs) -> CellNetwork:
   """The standalone network of ``genotype``: one fixed operation per edge.
 
@@ -201,7 +202,8 @@ def build_genotype_network(genotype: Genotype, *, num_classes: int,
                      channels=channels, num_cells=num_cells,
                      stem_multiplier=stem_multiplier,
                      reduction_cells=tuple(reduction_cells),
-                     make_cell=make_cell, rngs=rngs)
+                     make_cell=make_cell, rngs=rngs,
+                     channel_scale=channel_scale)
 
 
 def op_param_count(name: str, channels: int, stride: int) -> int:
@@ -210,13 +212,11 @@ def op_param_count(name: str, channels: int, stride: int) -> int:
   if name.startswith("sep_conv_"):
     k = int(name.split("x")[-1])
     return 2 * (k * k * c + c * c)
-  if name.startswith("dil_conv_"):
+  if name.startswith("dil_conv_") or name == "conv_3x3":
     k = int(name.split("x")[-1])
     return k * k * c + c * c
   if name == "skip_connect":
     return 0 if stride == 1 else 2 * c * (c // 2)
-  if name == "conv_3x3":
-    return 9 * c * c
   if name == "conv_1x5_5x1":
     return 10 * c * c
   if name in ("none", "max_pool_3x3", "avg_pool_3x3"):
@@ -227,7 +227,8 @@ def op_param_count(name: str, channels: int, stride: int) -> int:
 def genotype_param_count(genotype: Genotype, *, num_classes: int,
                          in_channels: int, channels: int, num_cells: int,
                          stem_multiplier: int = 3,
-                         reduction_cells: Sequence[int] | None = None) -> int:
+                         reduction_cells: Sequence[int] | None = None,
+                         channel_scale: int = 2) -> int:
   """Weights of the genotype's standalone network, counted analytically.
 
   Independent of the NNX modules, so a test can check that the network built
@@ -241,7 +242,7 @@ def genotype_param_count(genotype: Genotype, *, num_classes: int,
   c_pp, c_p, c = stem, stem, channels
   for index in range(num_cells):
     reduction = index in reduction_cells
-    c = 2 * c if reduction else c
+    c = channel_scale * c if reduction else c
     cell_type = "reduce" if reduction else "normal"
     # preprocess0 (a 1x1 conv, or a factorized reduce with as many weights)
     # and preprocess1 (a 1x1 conv).

@@ -36,10 +36,15 @@ DEPTHWISE_IMPLS = ("auto", "conv", "shifts")
 
 
 def normalize(x: jax.Array) -> jax.Array:
-  """Batch norm over (N, H, W) with batch statistics and no affine params."""
-  mean = jnp.mean(x, axis=(0, 1, 2), keepdims=True)
-  var = jnp.var(x, axis=(0, 1, 2), keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + NORM_EPSILON)
+  """Batch norm over (N, H, W) with batch statistics and no affine params.
+
+  Statistics are float32 whatever ``x``'s dtype (bf16 sums over a batch
+  lose too much); the result has ``x``'s dtype.
+  """
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=(0, 1, 2), keepdims=True)
+  var = jnp.var(x32, axis=(0, 1, 2), keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + NORM_EPSILON)).astype(x.dtype)
 
 
 def resolve_depthwise_impl(impl: str) -> str:
@@ -243,7 +248,7 @@ class Pool(nnx.Module):
 
 
 class StackedConv(nnx.Module):
-  """ReLU -> (1 x k conv -> k x 1 conv | k x k conv) -> norm (MetaNAS ops)."""
+  """ReLU -> 1 x k conv -> k x 1 conv -> norm (MetaNAS's ``conv_1x5_5x1``)."""
 
   def __init__(self, channels: int, kernel_sizes: tuple[tuple[int, int], ...],
                stride: int, rngs: nnx.Rngs):
@@ -297,8 +302,12 @@ for _k in (3, 5):
   register_op(f"dil_conv_{_k}x{_k}")(
       lambda c, s, rngs, *, depthwise_impl, k=_k: DilatedConv(
           c, k, s, 2, rngs, depthwise_impl=depthwise_impl))
+# MetaNAS's "conv_3x3" is one depthwise-separable 3x3 conv (its DilConv with
+# dilation 1), not a dense 3x3 conv: with it the MetaNAS few-shot supernet
+# (4 cells, 3 nodes, 28 channels) has the reference's weight count.
 register_op("conv_3x3")(
-    lambda c, s, rngs, *, depthwise_impl: StackedConv(c, ((3, 3),), s, rngs))
+    lambda c, s, rngs, *, depthwise_impl: DilatedConv(
+        c, 3, s, 1, rngs, depthwise_impl=depthwise_impl))
 register_op("conv_1x5_5x1")(
     lambda c, s, rngs, *, depthwise_impl: StackedConv(
         c, ((1, 5), (5, 1)), s, rngs))

@@ -30,11 +30,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from base import ops
+from base import single_path as single_path_lib
 from base.errors import ConfigError
 
 CELL_TYPES = ("normal", "reduce")
 Weights = dict[str, Any]  # nested dict of arrays (nnx pure state dict)
 ArchWeights = Mapping[str, jax.Array]  # {"normal": [E, O], "reduce": [E, O]}
+# Static per cell type, edge and op: False = pruned, never computed.
+OpMask = Mapping[str, Sequence[Sequence[bool]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,8 @@ class SupernetSpec:
     reduction_cells: indices of reduction cells; empty tuple for none,
       ``None`` for the DARTS default (``num_cells // 3`` and ``2 * num_cells // 3``).
     depthwise_impl: "auto", "conv" or "shifts" (same parameters and result).
+    channel_scale: C is multiplied by this at every reduction cell (DARTS:
+      2; MetaNAS's few-shot space keeps 28 channels throughout: 1).
   """
   num_classes: int
   in_channels: int = 1
@@ -62,6 +67,7 @@ class SupernetSpec:
   primitives: tuple[str, ...] = ops.DARTS_PRIMITIVES
   reduction_cells: tuple[int, ...] | None = None
   depthwise_impl: str = "auto"
+  channel_scale: int = 2
 
   def __post_init__(self):
     object.__setattr__(self, "primitives", tuple(self.primitives))
@@ -75,7 +81,7 @@ class SupernetSpec:
                          tuple(int(i) for i in self.reduction_cells))
     ops.check_primitives(self.primitives)
     for name in ("num_classes", "in_channels", "channels", "num_cells",
-                 "num_nodes", "stem_multiplier"):
+                 "num_nodes", "stem_multiplier", "channel_scale"):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ConfigError(f"supernet.{name} must be a positive integer, "
@@ -164,7 +170,9 @@ class Cell(nnx.Module):
     return len(self.concat)
 
   def __call__(self, s0: jax.Array, s1: jax.Array,
-               edge_weights: jax.Array | None = None) -> jax.Array:
+               edge_weights: jax.Array | None = None,
+               single_path: bool = False,
+               op_mask: Sequence[Sequence[bool]] | None = None) -> jax.Array:
     states = [self.preprocess0(s0), self.preprocess1(s1)]
     edge = 0
     for inputs in self.node_inputs:
@@ -172,7 +180,8 @@ class Cell(nnx.Module):
       for j in inputs:
         module = self.edges[edge]
         out = (module(states[j]) if edge_weights is None
-               else module(states[j], edge_weights[edge]))
+               else module(states[j], edge_weights[edge], single_path,
+                           None if op_mask is None else op_mask[edge]))
         total = out if total is None else total + out
         edge += 1
       states.append(total)
@@ -185,12 +194,14 @@ class CellNetwork(nnx.Module):
   Args:
     make_cell: ``(index, c_prev_prev, c_prev, c, reduction, reduction_prev)
       -> Cell``.
+    channel_scale: C's factor at each reduction cell (2 in DARTS).
   """
 
   def __init__(self, *, num_classes: int, in_channels: int, channels: int,
                num_cells: int, stem_multiplier: int,
                reduction_cells: Sequence[int],
-               make_cell: Callable[..., Cell], rngs: nnx.Rngs):
+               make_cell: Callable[..., Cell], rngs: nnx.Rngs,
+               channel_scale: int = 2):
     stem_channels = stem_multiplier * channels
     self.stem = ops.Conv(in_channels, stem_channels, (3, 3), 1, rngs)
     c_prev_prev, c_prev, c = stem_channels, stem_channels, channels
@@ -198,7 +209,7 @@ class CellNetwork(nnx.Module):
     for index in range(num_cells):
       reduction = index in reduction_cells
       if reduction:
-        c *= 2
+        c *= channel_scale
       cell = make_cell(index, c_prev_prev, c_prev, c, reduction,
                        reduction_prev)
       cells.append(cell)
@@ -207,14 +218,18 @@ class CellNetwork(nnx.Module):
     self.cells = nnx.List(cells)
     self.classifier = nnx.Linear(c_prev, num_classes, rngs=rngs)
 
-  def __call__(self, x: jax.Array,
-               arch_weights: ArchWeights | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, arch_weights: ArchWeights | None = None,
+               single_path: bool = False,
+               op_mask: OpMask | None = None) -> jax.Array:
     s0 = s1 = ops.normalize(self.stem(x))
     for cell in self.cells:
-      weights = None
+      weights = mask = None
+      cell_type = "reduce" if cell.reduction else "normal"
       if arch_weights is not None:
-        weights = arch_weights["reduce" if cell.reduction else "normal"]
-      s0, s1 = s1, cell(s0, s1, weights)
+        weights = arch_weights[cell_type]
+      if op_mask is not None:
+        mask = op_mask[cell_type]
+      s0, s1 = s1, cell(s0, s1, weights, single_path, mask)
     pooled = jnp.mean(s1, axis=(1, 2))
     return self.classifier(pooled.astype(jnp.float32))
 
@@ -235,16 +250,39 @@ class MixedOp(nnx.Module):
                     depthwise_impl=depthwise_impl)
         for name in self.primitives])
 
-  def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, weights: jax.Array,
+               single_path: bool = False,
+               keep: Sequence[bool] | None = None) -> jax.Array:
+    """``sum_k weights[k] * op_k(x)``; with ``single_path`` only the op of
+    ``argmax(weights)`` runs (``weights`` must then be a hard sample);
+    ops whose ``keep`` flag is False (pruned, static) are never computed."""
+    if single_path:
+      return self._single_path(x, weights)
     total = None
     for k, name in enumerate(self.primitives):
-      if name == "none":
+      if name == "none" or (keep is not None and not keep[k]):
         continue
       term = weights[k].astype(x.dtype) * self.ops[k](x)
       total = term if total is None else total + term
     if total is None:
       return jnp.zeros_like(x[:, ::self.stride, ::self.stride, :])
     return total
+
+
+  def _single_path(self, x: jax.Array, weights: jax.Array) -> jax.Array:
+    index, weight = single_path_lib.picked_op(weights)
+    splits = [nnx.split(op) for op in self.ops]
+    graphdefs = [graphdef for graphdef, _ in splits]
+    states = tuple(state for _, state in splits)
+
+    def branch(k):
+      def run(states, x):
+        return nnx.merge(graphdefs[k], states[k])(x)
+      return run
+
+    out = single_path_lib.remat_switch(
+        index, [branch(k) for k in range(len(self.ops))], states, x)
+    return weight.astype(x.dtype) * out
 
 
 def build_supernet(spec: SupernetSpec, rngs: nnx.Rngs) -> CellNetwork:
@@ -267,7 +305,8 @@ def build_supernet(spec: SupernetSpec, rngs: nnx.Rngs) -> CellNetwork:
                      num_cells=spec.num_cells,
                      stem_multiplier=spec.stem_multiplier,
                      reduction_cells=spec.reduction_cells,
-                     make_cell=make_cell, rngs=rngs)
+                     make_cell=make_cell, rngs=rngs,
+                     channel_scale=spec.channel_scale)
 
 
 @functools.lru_cache(maxsize=32)
@@ -284,15 +323,37 @@ def init_supernet_weights(spec: SupernetSpec, key: jax.Array) -> Weights:
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def apply_supernet(spec: SupernetSpec, weights: Weights,
-                   arch_weights: ArchWeights, x: jax.Array) -> jax.Array:
+                   arch_weights: ArchWeights, x: jax.Array, *,
+                   single_path: bool = False,
+                   compute_dtype: str = "float32",
+                   op_mask: OpMask | None = None) -> jax.Array:
   """Logits ``[batch, num_classes]`` of the supernet for images ``x`` (NHWC).
 
   Pure: ``weights`` is the nested dict of :func:`init_supernet_weights` and
   ``arch_weights`` holds one ``[num_edges, num_ops]`` array per cell type.
+
+  Args:
+    single_path: ``arch_weights`` is a hard sample; every edge computes only
+      its picked op (``base.single_path``).
+    compute_dtype: "bfloat16" runs the network on bf16 copies of the weights
+      and images (mixed precision: gradients flow back to the float32
+      master weights; normalisation statistics and logits stay float32).
+    op_mask: static ``{cell type: [[keep op k of edge e]]}``; pruned ops are
+      left out of the program (as if their weight were zero).
   """
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f"unknown compute_dtype {compute_dtype!r}; expected "
+                      f"one of {COMPUTE_DTYPES}")
+  if compute_dtype != "float32":
+    dtype = jnp.dtype(compute_dtype)
+    weights = jax.tree.map(lambda w: w.astype(dtype), weights)
+    x = x.astype(dtype)
   model = nnx.merge(supernet_graphdef(spec), weights)
-  return model(x, arch_weights)
+  return model(x, arch_weights, single_path, op_mask).astype(jnp.float32)
 
 
 def init_arch_logits(spec: SupernetSpec) -> dict[str, jax.Array]:

@@ -32,6 +32,7 @@ from base.evaluation import (EpisodeScore, parse_protocol, score_episodes,
                              score_runs)
 from base.genotype import Genotype, derive_genotype, genotype_param_count
 from base.meta import MetaOptConfig, MetaState, init_meta_state, meta_step
+from base.sharding import sample_task_batch
 from base.prior import SupernetDist
 from base.supernet import SupernetSpec, count_params
 
@@ -119,6 +120,8 @@ class Experiment(NamedTuple):
   prior: PriorConfig
   evaluate: EvaluateConfig
   maml: Any = None  # base.methods.maml.MAMLConfig when maml.enabled
+  method: str = "base"  # config.method, a key of base.methods.METHOD_MODULES
+  method_config: Any = None  # the config dataclass of ``method``
 
   @property
   def schedule(self):
@@ -134,9 +137,8 @@ class Experiment(NamedTuple):
 def build_experiment(config: Any) -> Experiment:
   """Validates ``config`` and loads its data; raises one-line user errors."""
   config_utils.check_top_level(config)
-  method = config.get("method", "base")
-  if method != "base":
-    raise ConfigError(f"unknown method {method!r}; available: base")
+  from base import methods  # the registry; method modules load on demand
+  method = methods.get_method(config.get("method", "base"))
   train_family, test_family = make_task_families(config.data)
   height, width, channels = train_family.image_shape
   spec = config_utils.dataclass_from_config(
@@ -157,7 +159,22 @@ def build_experiment(config: Any) -> Experiment:
                                                "prior"),
       evaluate=config_utils.dataclass_from_config(
           EvaluateConfig, config.get("evaluate"), "evaluate"),
-      maml=_maml_config(config.get("maml")))
+      maml=_maml_config(config.get("maml")),
+      method=method.name,
+      method_config=method_config(method.name, config))
+
+
+def method_config(name: str, config: Any) -> Any:
+  """The config dataclass of method ``name`` from section ``config.<name>``.
+
+  A missing section gives the method's defaults; ``enabled`` (the switch of
+  the MAML baseline inside BASE runs) is not a method setting.
+  """
+  from base import methods
+  method = methods.get_method(name)
+  values = config_utils.as_dict(config.get(name))
+  values.pop("enabled", None)
+  return config_utils.dataclass_from_config(method.config_class, values, name)
 
 
 def _maml_config(section: Any):
@@ -279,6 +296,13 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
   if start:
     state = checkpointer.restore(state, start)
   schedule = exp.schedule
+  # Task t of step s is sampled from its own generator, so each host of a
+  # multi-host run samples just the tasks that land on its devices.
+  task_ids = list(range(exp.train.meta_batch_size))
+  if jax.process_count() > 1:
+    from base import sharding
+    task_ids = sharding.local_task_ids(exp.train.meta_batch_size,
+                                       sharding.task_mesh())
   metrics_writer = MetricsWriter(workdir)
   metrics_writer.truncate_after(start)
   bar = tqdm.tqdm(total=exp.train.num_steps, initial=start, desc="meta-train",
@@ -286,8 +310,7 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
   pending, last_logged = [], None
   try:
     for step in range(start, exp.train.num_steps):
-      episodes = exp.train_family.sample_batch(episode_rng(seed, step),
-                                               exp.train.meta_batch_size)
+      episodes = sample_task_batch(exp.train_family, seed, step, task_ids)
       temperature = schedule(step)
       state, metrics = meta_step(state, episodes, step_key(seed, step),
                                  temperature, cfg=exp.adapt, opt_cfg=exp.meta)
@@ -558,7 +581,8 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
           adaptation.genotype, num_classes=exp.test_family.num_ways,
           in_channels=spec.in_channels, channels=spec.channels,
           num_cells=spec.num_cells, stem_multiplier=spec.stem_multiplier,
-          reduction_cells=spec.reduction_cells),
+          reduction_cells=spec.reduction_cells,
+          channel_scale=spec.channel_scale),
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)

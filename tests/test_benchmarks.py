@@ -2,17 +2,27 @@
 
 import json
 
+import pytest
+
 from benchmarks import meta_step
 
 
 def test_meta_step_benchmark_writes_a_table_and_json(tmp_path, capsys):
   out = tmp_path / "tiny.json"
-  report = meta_step.main(["--preset=tiny", "--steps=1", "--modes=loop",
-                           f"--out={out}"])
+  report = meta_step.main(["--preset=tiny", "--steps=1",
+                           "--rows=default,soft,adapt", f"--out={out}"])
   assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-  rows = {r["row"]: r for r in report["rows"]}
-  assert set(rows) == {"meta-step, loop", "adapt to a new task (2 steps)"}
-  assert rows["meta-step, loop"]["step_s"] > 0
-  assert report["matmul_gflops_per_s"] > 0
+  keys = [r["key"] for r in report["rows"]]
+  assert keys == ["default", "soft", "adapt"]
+  for row in report["rows"]:
+    assert row["step_s"] > 0 and row["tasks_per_s"] > 0
+  assert "single-path" in report["rows"][0]["row"]
+  assert report["rows"][1]["gflops_per_s"] > 0  # the soft row has FLOPs
+  assert report["matmul_gflops_per_s"] > 0 and report["peak_memory_mib"] > 0
   printed = capsys.readouterr().out
-  assert "| meta-step, loop |" in printed
+  assert "| meta-step [soft]:" in printed
+
+
+def test_meta_step_benchmark_rejects_unknown_rows():
+  with pytest.raises(SystemExit):
+    meta_step.main(["--preset=tiny", "--rows=warp_drive"])

@@ -51,6 +51,7 @@ from base.data import Episode, TaskFamily
 from base.data.episodes import check_count
 from base.errors import CheckpointError, ConfigError
 from base.evaluation import EpisodeScore, score_episodes
+from base.methods.api import Method, TaskResult
 from base.prior import restrict_classifier
 from base.meta import resolve_task_batching
 from base.train import NonFiniteLossError, episode_rng
@@ -594,3 +595,60 @@ def restrict_ways(weights: Weights, ways: int) -> Weights:
   classes at random, so the output units are exchangeable.
   """
   return restrict_classifier(weights, ways, "Conv-4")
+
+
+# ----------------------------------------------------------------------------
+# The method interface (``config.method = "maml"``, ``base.compare``).
+
+MAML_FILENAME = "maml_conv4.msgpack"
+
+
+@dataclasses.dataclass
+class MAMLLearner:
+  """Meta-learned Conv-4 weights, adapted by SGD steps on a support set."""
+  weights: Weights
+  cfg: MAMLConfig
+
+  @property
+  def parameters(self) -> int:
+    return count_parameters(self.weights)
+
+  def restrict_ways(self, ways: int) -> "MAMLLearner":
+    return MAMLLearner(restrict_ways(self.weights, ways), self.cfg)
+
+  def adapt_and_predict(self, support_x, support_y, query_x, *, seed: int):
+    del seed  # MAML's adaptation is deterministic.
+    support_x = jnp.asarray(support_x, jnp.float32)
+    support_y = jnp.asarray(support_y, jnp.int32)
+    adapted = _adapt_single(self.weights, support_x, support_y,
+                            inner_lr=self.cfg.inner_lr,
+                            first_order=self.cfg.first_order,
+                            steps=self.cfg.eval_steps)
+    predictions = np.asarray(jnp.argmax(
+        apply_conv4(adapted, jnp.asarray(query_x, jnp.float32)), -1))
+    return TaskResult(predictions,
+                      float(_accuracy(adapted, support_x, support_y)))
+
+
+def _meta_train_method(exp, cfg: MAMLConfig, workdir: str, *, seed: int,
+                       progress: bool = True) -> dict[str, Any]:
+  """Meta-trains Conv-4 on the experiment's tasks into ``workdir``."""
+  start = time.perf_counter()
+  weights, history = maml_meta_train(exp.train_family, cfg, seed=seed,
+                                     progress=progress)
+  os.makedirs(workdir, exist_ok=True)
+  seconds = time.perf_counter() - start
+  save_maml(os.path.join(workdir, MAML_FILENAME), weights, {
+      "steps": cfg.num_steps, "seconds": seconds,
+      "final_loss": history[-1] if history else None})
+  return {"seconds": seconds, "steps": cfg.num_steps}
+
+
+def _load_learner(exp, cfg: MAMLConfig, workdir: str) -> MAMLLearner:
+  weights, _ = load_maml(os.path.join(workdir, MAML_FILENAME))
+  return MAMLLearner(weights, cfg)
+
+
+METHOD = Method(name="maml", title="MAML Conv-4 (meta-trained, same episodes)",
+                config_class=MAMLConfig, meta_train=_meta_train_method,
+                load_learner=_load_learner)

@@ -1,0 +1,81 @@
+"""BASE itself behind the method interface (``config.method = "base"``).
+
+Meta-training is ``base.train.meta_train`` (the prior lands in
+``workdir/prior.msgpack``); the learner adapts the prior to a task by the
+ELBO steps of ``base.adaptation`` and predicts with the posterior
+predictive, exactly as ``base.train.evaluate`` scores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from base import prior as prior_lib
+from base.supernet import count_params
+from base.methods.api import Method, TaskResult
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseMethodConfig:
+  """BASE needs no section of its own: it reads ``adapt``, ``meta``,
+  ``train``, ``temperature`` and ``prior``."""
+
+
+@dataclasses.dataclass
+class BaseLearner:
+  """A prior and the adaptation that turns it into a task posterior."""
+  prior: prior_lib.SupernetDist
+  adapt_config: Any
+  temperature: float
+  steps: int
+
+  @property
+  def parameters(self) -> int:
+    return count_params(self.prior.weight_mean)
+
+  def restrict_ways(self, ways: int) -> "BaseLearner":
+    return dataclasses.replace(
+        self, prior=prior_lib.restrict_ways(self.prior, ways))
+
+  def adapt_and_predict(self, support_x, support_y, query_x, *,
+                        seed: int) -> TaskResult:
+    from base import train
+    result = train.adapt(self.prior, support_x, support_y, query_x,
+                         config=self.adapt_config,
+                         temperature=self.temperature, steps=self.steps,
+                         seed=seed)
+    return TaskResult(np.asarray(result.query_predictions),
+                      result.support_accuracy, result.genotype)
+
+
+def meta_train(exp, cfg: BaseMethodConfig, workdir: str, *, seed: int,
+               progress: bool = True) -> dict[str, Any]:
+  """Meta-trains the prior into ``workdir/prior.msgpack``."""
+  del cfg, seed  # BASE's seed is ``config.seed``, the callers' seed too.
+  from base import train
+  start = time.perf_counter()
+  state = train.meta_train(exp.config, workdir, experiment=exp,
+                           progress=progress)
+  return {"seconds": time.perf_counter() - start, "steps": int(state.step)}
+
+
+def load_learner(exp, cfg: BaseMethodConfig, workdir: str) -> BaseLearner:
+  """The prior in ``workdir`` (or ``config.prior_path``), ready to adapt."""
+  del cfg
+  from base import train
+  path = exp.config.get("prior_path") or os.path.join(workdir,
+                                                      train.PRIOR_FILENAME)
+  prior, metadata = train.load_prior_for(exp, path)
+  temperature = float(metadata.get("temperature", exp.final_temperature))
+  return BaseLearner(prior, exp.adapt, temperature,
+                     exp.evaluate.adapt_steps or exp.adapt.steps)
+
+
+METHOD = Method(name="base", title="BASE (meta-learned prior, adapted)",
+                config_class=BaseMethodConfig, meta_train=meta_train,
+                load_learner=load_learner)
