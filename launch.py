@@ -5,11 +5,17 @@ Flags:
                      ``--config.section.field=value``.
   --workdir          where checkpoints, metrics, the prior and results go.
   --coordinator_address, --num_processes, --process_id
-                     multi-host runs (passed to ``jax.distributed.initialize``).
+                     multi-host runs (passed to ``jax.distributed.initialize``);
+                     every host runs the same command with its own process id.
+  --multihost        multi-host run on a cluster JAX detects by itself (TPU pod
+                     slices, SLURM, Open MPI).
 
-Modes (``--config.mode``): ``meta_train``, ``evaluate``, ``adapt`` and
+Modes (``--config.mode``): ``meta_train``, ``evaluate``, ``adapt``,
+``transfer``, ``compare`` (every method of ``config.compare``, one table) and
 ``all`` (meta-train, then evaluate, then adapt to one new task and print its
-genotype). Problems with the input stop the run with a one-line message.
+genotype). ``--config.method`` picks the method (``base``, ``maml``,
+``metanas``, ``warm_start``, ``atnas``, ``metad2a``). Problems with the input
+stop the run with a one-line message.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Directory for checkpoints, metrics, prior.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0 (multi-host runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0,
+                                      "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1,
+                                   "This process's id in a multi-host run.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Join a multi-host run that JAX detects by itself.")
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +46,9 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
   # Imported here so that --help and flag errors are instant.
-  from base import cli
+  from base import cli, distributed
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value, auto=_MULTIHOST.value)
   cli.run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from base import methods as methods_lib
 from base.data import EpisodeSampler, load_omniglot_runs
 from base.errors import ConfigError
-from base.evaluation import parse_protocol, score_runs
+from base.evaluation import format_runs_table, parse_protocol, score_runs
 from base.methods.api import score_learner
 
 COMPARE_JSON = "compare.json"
@@ -165,9 +165,5 @@ def format_comparison(results: dict[str, Any]) -> str:
                  f"{seconds} | {row['seconds_per_task']:.3f} | "
                  f"{row['parameters']} |")
   if results.get("omniglot_runs"):
-    lines += ["", "Omniglot 20 one-shot runs (20-way, within alphabet):", "",
-              "| method | error rate | errors / items |", "| --- | --- | --- |"]
-    for name, run in results["omniglot_runs"].items():
-      lines.append(f"| {name} | {100 * run['error_rate']:.1f}% | "
-                   f"{run['errors']} / {run['items']} |")
+    lines += format_runs_table(results["omniglot_runs"])
   return "\n".join(lines)

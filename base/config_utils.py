@@ -107,3 +107,61 @@ def check_override_flags(argv: list[str], flag: str = "config") -> None:
             f"unknown config key {key!r} (from --{flag}.{key}); keys in "
             f"{where}: {', '.join(sorted(fields)) or 'none'}")
       node = node[part]
+
+
+# ----------------------------------------------------------------------------
+# Field validators for config dataclasses: one-line errors naming the field.
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+  """``value`` as an int; ConfigError naming ``name`` unless int >= minimum."""
+  import numpy as np
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or value < minimum):
+    raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+def _is_real(value: Any) -> bool:
+  import math
+  import numpy as np
+  return (not isinstance(value, bool)
+          and isinstance(value, (int, float, np.integer, np.floating))
+          and math.isfinite(value))
+
+
+def check_positive(name: str, value: Any) -> float:
+  """``value`` as a float; ConfigError naming ``name`` unless finite > 0."""
+  if not _is_real(value) or value <= 0:
+    raise ConfigError(f"{name} must be a positive number, got {value!r}")
+  return float(value)
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+  """``value`` as a float; ConfigError naming ``name`` unless finite >= 0."""
+  if not _is_real(value) or value < 0:
+    raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+  return float(value)
+
+
+def check_fraction(name: str, value: Any) -> float:
+  """``value`` as a float; ConfigError naming ``name`` unless in [0, 1]."""
+  if not _is_real(value) or not 0.0 <= value <= 1.0:
+    raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+  return float(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+  """``value``; ConfigError naming ``name`` unless one of ``choices``."""
+  if value not in choices:
+    raise ConfigError(f"{name} must be one of {', '.join(choices)}, "
+                      f"got {value!r}")
+  return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+  """``value``; ConfigError naming ``name`` unless true or false."""
+  import numpy as np
+  if not isinstance(value, (bool, np.bool_)):
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+  return bool(value)

@@ -97,3 +97,13 @@ def score_runs(runs: Any, classify: Classifier) -> dict[str, Any]:
   items = int(np.prod(runs.query_y.shape))
   return {"error_rate": sum(per_run) / items, "errors": sum(per_run),
           "items": items, "runs": len(per_run), "errors_per_run": per_run}
+
+
+def format_runs_table(runs: dict[str, Any]) -> list[str]:
+  """Markdown lines of the 20-run error rates, one row per method."""
+  lines = ["", "Omniglot 20 one-shot runs (20-way, within alphabet):", "",
+           "| method | error rate | errors / items |", "| --- | --- | --- |"]
+  for name, run in runs.items():
+    lines.append(f"| {name} | {100 * run['error_rate']:.1f}% | "
+                 f"{run['errors']} / {run['items']} |")
+  return lines

@@ -196,8 +196,10 @@ def task_meta_gradient(prior: SupernetDist, episode: Episode, key: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _compiled_inner_step(q, prior, key, support_x, support_y, temperature, *,
+def compiled_inner_step(q, prior, key, support_x, support_y, temperature, *,
                          cfg):
+  """One ELBO step as its own program (stepwise meta-training, and
+  adaptation on CPU: ``base.train.adapt_compiled``)."""
   return inner_step(q, prior, key, support_x, support_y, temperature, cfg)
 
 
@@ -229,7 +231,7 @@ def task_meta_gradient_stepwise(prior: SupernetDist, episode: Episode,
   q, support = prior, TaskMetrics(*(jnp.zeros(()),) * 4)
   if cfg.steps:
     for step_key in jax.random.split(adapt_key, cfg.steps):
-      q, support = _compiled_inner_step(q, prior, step_key, episode.support_x,
+      q, support = compiled_inner_step(q, prior, step_key, episode.support_x,
                                         episode.support_y, temperature,
                                         cfg=cfg)
   grads, query = _query_meta_gradient(

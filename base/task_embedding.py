@@ -77,14 +77,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from base import serialization
+from base import config_utils, serialization
 from base.errors import ConfigError
 from base.supernet import SupernetSpec, apply_supernet, init_supernet_weights
 
@@ -131,29 +130,10 @@ class EmbeddingConfig:
     check_choice("embedding.distance", self.distance, DISTANCES)
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-  """``value`` as an int; ConfigError naming ``name`` unless int >= minimum."""
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value < minimum):
-    raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return int(value)
-
-
-def check_positive(name: str, value: Any) -> float:
-  """``value`` as a float; ConfigError naming ``name`` unless finite > 0."""
-  if (isinstance(value, bool)
-      or not isinstance(value, (int, float, np.integer, np.floating))
-      or not math.isfinite(value) or value <= 0):
-    raise ConfigError(f"{name} must be a positive number, got {value!r}")
-  return float(value)
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-  """``value``; ConfigError naming ``name`` unless one of ``choices``."""
-  if value not in choices:
-    raise ConfigError(f"{name} must be one of {', '.join(choices)}, "
-                      f"got {value!r}")
-  return value
+# Field validators (shared with every config dataclass).
+check_int = config_utils.check_int
+check_positive = config_utils.check_positive
+check_choice = config_utils.check_choice
 
 
 # ----------------------------------------------------------------------------

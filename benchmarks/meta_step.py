@@ -272,17 +272,8 @@ def main(argv=None) -> dict:
         "weights": count_params(prior.weight_mean)})
     print(f"{name}: {step:.4f} s (compile {compile_seconds:.1f} s)",
           flush=True)
-  report = {
-      "preset": args.preset, "backend": jax.default_backend(),
-      "device": str(jax.devices()[0]), "device_count": jax.device_count(),
-      "machine": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(), "jax": jax.__version__,
-      "weights": count_params(prior_lib.init_prior(SupernetSpec(
-          num_classes=base_preset.ways, in_channels=base_preset.channels,
-          **base_preset.spec), jax.random.key(0), 0.05).weight_mean),
-      "preset_fields": dataclasses.asdict(base_preset),
-      "matmul_gflops_per_s": peak, "peak_memory_mib": peak_memory_mib(),
-      "rows": rows}
+    write_report(args.out, make_report(args, base_preset, peak, rows))
+  report = make_report(args, base_preset, peak, rows)
   print(f"preset {args.preset}: {report['weights']} weights; "
         f"{report['backend']} x{report['device_count']} "
         f"({report['cpu_count']} cores); float32 matmul {peak:.0f} GFLOP/s; "
@@ -295,11 +286,32 @@ def main(argv=None) -> dict:
           f"{fmt(r['step_s'], '.4f')} | {fmt(r['tasks_per_s'], '.2f')} | "
           f"{fmt(r['images_per_s'], '.0f')} | {fmt(r['gflops_per_s'], '.2f')} "
           f"| {fmt(r['fraction_of_matmul_peak'], '.1%')} |")
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=2)
+  write_report(args.out, report)
   return report
+
+
+def make_report(args, base_preset: Preset, peak: float, rows: list) -> dict:
+  """The JSON report: machine, preset, matmul peak, memory and the rows."""
+  spec = SupernetSpec(num_classes=base_preset.ways,
+                      in_channels=base_preset.channels, **base_preset.spec)
+  return {
+      "preset": args.preset, "backend": jax.default_backend(),
+      "device": str(jax.devices()[0]), "device_count": jax.device_count(),
+      "machine": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(), "jax": jax.__version__,
+      "weights": count_params(jax.eval_shape(
+          lambda: prior_lib.init_prior(spec, jax.random.key(0),
+                                       0.05)).weight_mean),
+      "preset_fields": dataclasses.asdict(base_preset),
+      "matmul_gflops_per_s": peak, "peak_memory_mib": peak_memory_mib(),
+      "rows": rows}
+
+
+def write_report(path: str, report: dict) -> None:
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":

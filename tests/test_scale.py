@@ -111,6 +111,19 @@ def test_stepwise_meta_step_equals_the_fused_one():
         AdaptConfig(first_order=False))
 
 
+def test_stepwise_adaptation_equals_the_scanned_one():
+  from base import train
+  prior = prior_lib.init_prior(SPEC, jax.random.key(0), 0.05)
+  episode = jax.tree.map(lambda a: jnp.asarray(a[0]), _episodes(1))
+  cfg = AdaptConfig(steps=3, lr_weights=1.0, lr_arch=1.0)
+  args = (prior, jax.random.key(2), episode.support_x, episode.support_y,
+          jnp.float32(1.0))
+  stepwise = train.adapt_compiled(*args, cfg=cfg, steps=3)
+  fused = train._adapt_fused(*args, cfg=cfg, steps=3)  # pylint: disable=protected-access
+  assert _max_diff(stepwise, fused) < 1e-5
+  assert _max_diff(stepwise, prior) > 1e-3
+
+
 def test_bf16_and_fp32_meta_steps_agree():
   """Mixed precision keeps float32 master parameters and gradients; with one
   inner step the bf16 meta-loss is within 2% and the meta-gradient's cosine

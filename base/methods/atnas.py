@@ -90,7 +90,7 @@ import numpy as np
 import optax
 import tqdm
 
-from base import serialization
+from base import config_utils, serialization
 from base.data.episodes import check_count
 from base.errors import CheckpointError, ConfigError
 from base.evolution import (Encoding, evolve, random_population,
@@ -167,25 +167,11 @@ class ATNASConfig:
                           ("num_steps", 1), ("evolve_every", 1),
                           ("fitness_tasks", 1), ("test_generations", 0),
                           ("eval_inner_steps", 0)):
-      value = getattr(self, name)
-      if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-          or value < minimum):
-        raise ConfigError(f"atnas.{name} must be an integer >= {minimum}, "
-                          f"got {value!r}")
+      config_utils.check_int(f"atnas.{name}", getattr(self, name), minimum)
     for name in ("mutation_prob", "crossover_prob"):
-      value = getattr(self, name)
-      if (isinstance(value, bool)
-          or not isinstance(value, (int, float, np.integer, np.floating))
-          or not 0.0 <= value <= 1.0):
-        raise ConfigError(f"atnas.{name} must be a number in [0, 1], "
-                          f"got {value!r}")
+      config_utils.check_fraction(f"atnas.{name}", getattr(self, name))
     for name in ("inner_lr", "meta_lr"):
-      value = getattr(self, name)
-      if (isinstance(value, bool)
-          or not isinstance(value, (int, float, np.integer, np.floating))
-          or not math.isfinite(value) or value <= 0):
-        raise ConfigError(f"atnas.{name} must be a positive number, "
-                          f"got {value!r}")
+      config_utils.check_positive(f"atnas.{name}", getattr(self, name))
     if self.elite_count >= self.population_size:
       raise ConfigError(f"atnas.elite_count must be < population_size "
                         f"({self.population_size}), got {self.elite_count}")

@@ -46,7 +46,7 @@ import optax
 import tqdm
 from flax import nnx
 
-from base import ops, serialization
+from base import config_utils, ops, serialization
 from base.data import Episode, TaskFamily
 from base.data.episodes import check_count
 from base.errors import CheckpointError, ConfigError
@@ -91,21 +91,10 @@ class MAMLConfig:
     for name, minimum in (("hidden", 1), ("inner_steps", 0),
                           ("meta_batch_size", 1), ("num_steps", 1),
                           ("eval_inner_steps", 0)):
-      value = getattr(self, name)
-      if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-          or value < minimum):
-        raise ConfigError(f"maml.{name} must be an integer >= {minimum}, "
-                          f"got {value!r}")
+      config_utils.check_int(f"maml.{name}", getattr(self, name), minimum)
     for name in ("inner_lr", "meta_lr"):
-      value = getattr(self, name)
-      if (isinstance(value, bool)
-          or not isinstance(value, (int, float, np.integer, np.floating))
-          or not math.isfinite(value) or value <= 0):
-        raise ConfigError(f"maml.{name} must be a positive number, "
-                          f"got {value!r}")
-    if not isinstance(self.first_order, (bool, np.bool_)):
-      raise ConfigError(f"maml.first_order must be true or false, got "
-                        f"{self.first_order!r}")
+      config_utils.check_positive(f"maml.{name}", getattr(self, name))
+    config_utils.check_bool("maml.first_order", self.first_order)
 
   @property
   def eval_steps(self) -> int:

@@ -79,7 +79,7 @@ import numpy as np
 import optax
 import tqdm
 
-from base import serialization
+from base import config_utils, serialization
 from base.errors import CheckpointError, ConfigError
 from base.methods import metad2a_models as models
 from base.methods.api import Method, TaskResult
@@ -147,26 +147,14 @@ class MetaD2AConfig:
                           ("hidden", 1), ("embed_dim", 1), ("top_k", 1),
                           ("generator_epochs", 1), ("predictor_epochs", 1),
                           ("num_candidates", 1)):
-      value = getattr(self, name)
-      if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-          or value < minimum):
-        raise ConfigError(f"metad2a.{name} must be an integer >= {minimum}, "
-                          f"got {value!r}")
+      config_utils.check_int(f"metad2a.{name}", getattr(self, name), minimum)
     if self.top_k > self.archs_per_task:
       raise ConfigError(f"metad2a.top_k must be <= metad2a.archs_per_task "
                         f"({self.archs_per_task}), got {self.top_k}")
-    for name, allow_zero in (("train_lr", False), ("generator_lr", False),
-                             ("predictor_lr", False), ("kl_weight", True)):
-      value = getattr(self, name)
-      if (isinstance(value, bool)
-          or not isinstance(value, (int, float, np.integer, np.floating))
-          or not math.isfinite(value) or value < 0
-          or (value == 0 and not allow_zero)):
-        what = "a number >= 0" if allow_zero else "a positive number"
-        raise ConfigError(f"metad2a.{name} must be {what}, got {value!r}")
-    if not isinstance(self.reuse_database, (bool, np.bool_)):
-      raise ConfigError(f"metad2a.reuse_database must be true or false, got "
-                        f"{self.reuse_database!r}")
+    for name in ("train_lr", "generator_lr", "predictor_lr"):
+      config_utils.check_positive(f"metad2a.{name}", getattr(self, name))
+    config_utils.check_nonnegative("metad2a.kl_weight", self.kl_weight)
+    config_utils.check_bool("metad2a.reuse_database", self.reuse_database)
 
 
 class Dims(NamedTuple):

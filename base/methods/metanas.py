@@ -139,11 +139,6 @@ META_LR_SCHEDULES = ("constant", "linear")
 # Configuration.
 
 
-def _is_int(value: Any) -> bool:
-  return (not isinstance(value, bool)
-          and isinstance(value, (int, np.integer)))
-
-
 def _is_real(value: Any) -> bool:
   return (not isinstance(value, bool)
           and isinstance(value, (int, float, np.integer, np.floating))
@@ -211,21 +206,16 @@ class MetaNASConfig:
                           ("eval_inner_steps", 0), ("batch_size", 0),
                           ("eval_batch_size", -1), ("prune_every", 0),
                           ("log_every", 1)):
-      value = getattr(self, name)
-      if not _is_int(value) or value < minimum:
-        raise ConfigError(f"metanas.{name} must be an integer >= {minimum}, "
-                          f"got {value!r}")
+      config_utils.check_int(f"metanas.{name}", getattr(self, name), minimum)
     for name, positive in (("inner_lr_weights", True),
                            ("inner_lr_arch", False),
                            ("arch_weight_decay", False),
                            ("tau_start", True), ("tau_end", True),
                            ("meta_lr_weights", True),
                            ("meta_lr_arch", False)):
-      value = getattr(self, name)
-      if not _is_real(value) or value < 0 or (positive and value == 0):
-        kind = "a positive" if positive else "a non-negative"
-        raise ConfigError(f"metanas.{name} must be {kind} number, "
-                          f"got {value!r}")
+      check = (config_utils.check_positive if positive
+               else config_utils.check_nonnegative)
+      check(f"metanas.{name}", getattr(self, name))
     if self.tau_end > self.tau_start:
       raise ConfigError(f"metanas.tau_end must be <= metanas.tau_start "
                         f"(annealing), got {self.tau_end} > {self.tau_start}")
@@ -233,9 +223,8 @@ class MetaNASConfig:
                           ("arch_optimizer", OPTIMIZERS),
                           ("tau_schedule", TAU_SCHEDULES),
                           ("meta_lr_schedule", META_LR_SCHEDULES)):
-      if getattr(self, name) not in allowed:
-        raise ConfigError(f"metanas.{name} must be one of {allowed}, "
-                          f"got {getattr(self, name)!r}")
+      config_utils.check_choice(f"metanas.{name}", getattr(self, name),
+                                allowed)
     if not _is_real(self.eval_arch_fraction) or not (
         0 < self.eval_arch_fraction <= 1):
       raise ConfigError(f"metanas.eval_arch_fraction must be in (0, 1], "

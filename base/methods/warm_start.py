@@ -559,24 +559,10 @@ def build_library(exp: Any, cfg: WarmStartConfig, *, seed: int,
 # The learner.
 
 
-def _check_task(spec: SupernetSpec, x: Any, y: Any, name: str):
-  x = np.asarray(x)
-  if x.ndim != 4 or x.shape[-1] != spec.in_channels:
-    raise ConfigError(f"{name} images must be [n, H, W, {spec.in_channels}],"
-                      f" got shape {x.shape}")
-  if not np.issubdtype(x.dtype, np.floating):
-    raise ConfigError(f"{name} images must be floats, got dtype {x.dtype}")
-  if y is None:
-    return x.astype(np.float32), None
-  y = np.asarray(y)
-  if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-    raise ConfigError(f"{name} labels must be {x.shape[0]} integers, got "
-                      f"shape {y.shape} dtype {y.dtype}")
-  if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
-    raise ConfigError(f"{name} labels must lie in 0..{spec.num_classes - 1} "
-                      f"for this {spec.num_classes}-way learner, got "
-                      f"{y.min()}..{y.max()}")
-  return x.astype(np.float32), y.astype(np.int32)
+def _checked_task(spec: SupernetSpec, x: Any, y: Any, name: str):
+  from base.train import check_task  # base.train imports the registry
+  x, y = check_task(spec, x, y, name)
+  return np.asarray(x), None if y is None else np.asarray(y)
 
 
 @dataclasses.dataclass
@@ -660,7 +646,7 @@ class WarmStartLearner:
   def adapt(self, support_x: Any, support_y: Any, *,
             seed: int = 0) -> TaskAdaptation:
     """Embeds the task (warm start), picks the start, searches ``steps``."""
-    support_x, support_y = _check_task(self.spec, support_x, support_y,
+    support_x, support_y = _checked_task(self.spec, support_x, support_y,
                                        "support")
     start = time.perf_counter()
     embedding = None
@@ -688,7 +674,7 @@ class WarmStartLearner:
                         query_x: np.ndarray, *, seed: int) -> TaskResult:
     """Searches on the support set; predicts the query; derives the genotype."""
     adaptation = self.adapt(support_x, support_y, seed=seed)
-    query_x, _ = _check_task(self.spec, query_x, None, "query")
+    query_x, _ = _checked_task(self.spec, query_x, None, "query")
     predictions = predict(self.spec, adaptation.weights,
                           adaptation.arch_logits, query_x)
     return TaskResult(predictions, adaptation.support_accuracy,
