@@ -27,6 +27,7 @@ from base import prior as prior_lib
 from base.adaptation import AdaptConfig, accuracy, adapt_posterior, predict
 from base.checkpoints import MetaCheckpointer
 from base.data import EpisodeSampler, load_omniglot_runs, make_task_families
+from base.data.prefetch import prefetch
 from base.errors import BaseUserError, ConfigError
 from base.evaluation import (EpisodeScore, format_runs_table, parse_protocol,
                              score_episodes, score_runs)
@@ -49,15 +50,18 @@ class TrainConfig:
     meta_batch_size: tasks per meta-step.
     log_every: fetch metrics from the device and log every this many steps.
     checkpoint_every: save a resumable checkpoint every this many steps.
+    prefetch: meta-batches sampled ahead by a background thread
+      (``base.data.prefetch``).
   """
   num_steps: int = 200
   meta_batch_size: int = 4
   log_every: int = 10
   checkpoint_every: int = 50
+  prefetch: int = 2
 
   def __post_init__(self):
     for name in ("num_steps", "meta_batch_size", "log_every",
-                 "checkpoint_every"):
+                 "checkpoint_every", "prefetch"):
       if getattr(self, name) < 1:
         raise ConfigError(f"train.{name} must be >= 1, got "
                           f"{getattr(self, name)}")
@@ -314,8 +318,11 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
                   disable=not progress, dynamic_ncols=True)
   pending, last_logged = [], None
   try:
-    for step in range(start, exp.train.num_steps):
-      episodes = sample_task_batch(exp.train_family, seed, step, task_ids)
+    batches = prefetch(
+        (sample_task_batch(exp.train_family, seed, step, task_ids)
+         for step in range(start, exp.train.num_steps)),
+        size=exp.train.prefetch)
+    for step, episodes in zip(range(start, exp.train.num_steps), batches):
       temperature = schedule(step)
       state, metrics = meta_step(state, episodes, step_key(seed, step),
                                  temperature, cfg=exp.adapt, opt_cfg=exp.meta)

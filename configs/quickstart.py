@@ -40,16 +40,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.adapt = ml_collections.ConfigDict(dict(
       steps=3, lr_weights=2.0, lr_arch=2.0, lr_log_std=0.0, beta=1e-3,
       first_order=True, weight_posterior="gaussian", hard=False,
-      eval_samples=4, unroll=False))
+      eval_samples=4, unroll=False,
+      # Only the sampled op of each edge runs (hard samples; GDAS gradient).
+      single_path=False,
+      compute_dtype="float32"))  # "bfloat16": mixed precision
 
   config.meta = ml_collections.ConfigDict(dict(
-      lr_arch=3e-2, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0))
+      lr_arch=3e-2, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0,
+      # auto: loop over tasks + stepwise inner steps on CPU, vmap on one
+      # GPU, sharded over several devices (see base.meta.MetaOptConfig).
+      task_batching="auto", inner_execution="auto"))
 
   config.temperature = ml_collections.ConfigDict(dict(
       schedule="exponential", initial=1.0, final=0.5, steps=0))
 
   config.train = ml_collections.ConfigDict(dict(
-      num_steps=300, meta_batch_size=8, log_every=10, checkpoint_every=100))
+      num_steps=300, meta_batch_size=8, log_every=10, checkpoint_every=100,
+      prefetch=2))
 
   # The MAML baseline: a Conv-4 meta-trained with (first-order) MAML on the
   # same tasks, scored on the same episodes (enable with maml.enabled=True).

@@ -202,7 +202,7 @@ def test_darts_task_learner_minibatches_and_weight_only_steps():
     ("inner_steps", 0, "metanas.inner_steps must be an integer >= 1, got 0"),
     ("meta_batch_size", 2.5, "metanas.meta_batch_size must be an integer"),
     ("inner_lr_weights", 0.0, "metanas.inner_lr_weights must be a positive"),
-    ("meta_lr_arch", float("nan"), "metanas.meta_lr_arch must be a non-neg"),
+    ("meta_lr_arch", float("nan"), "metanas.meta_lr_arch must be a number >= 0"),
     ("tau_end", 2.0, "metanas.tau_end must be <= metanas.tau_start"),
     ("tau_schedule", "cosine", "metanas.tau_schedule must be one of"),
     ("weights_optimizer", "rmsprop", "metanas.weights_optimizer must be"),

@@ -248,3 +248,30 @@ def test_two_processes_give_the_meta_step_of_one(tmp_path):
     np.testing.assert_allclose(two[key.replace("/", ".")], value, atol=1e-5,
                                err_msg=key)
   np.testing.assert_allclose(two["loss"], metrics["meta_loss"], rtol=1e-5)
+
+
+def test_prefetch_keeps_order_and_reraises_errors():
+  import threading
+  import time
+  from base.data.prefetch import prefetch
+  produced = []
+
+  def slow_items():
+    for i in range(6):
+      produced.append((i, threading.current_thread().name))
+      time.sleep(0.01)
+      yield i
+
+  assert list(prefetch(slow_items(), size=2)) == list(range(6))
+  assert {name for _, name in produced} == {"base-prefetch"}
+
+  def failing():
+    yield 1
+    raise ValueError("corrupt image 7")
+
+  items = prefetch(failing())
+  assert next(items) == 1
+  with pytest.raises(ValueError, match="corrupt image 7"):
+    next(items)
+  with pytest.raises(ValueError, match="size"):
+    next(prefetch([1], size=0))
