@@ -207,6 +207,21 @@ def meta_train_maml(exp: Experiment, workdir: str, seed: int,
   return path
 
 
+def fetch_finite_losses(pending: list, done: int, what: str) -> list[float]:
+  """Fetches the losses of the steps ending at ``done`` from the device.
+
+  Raises NonFiniteLossError naming the first step whose loss is not finite
+  (``what`` names the loss, e.g. "MAML meta-loss").
+  """
+  fetched = [float(v) for v in jax.device_get(pending)]
+  for offset, value in enumerate(fetched):
+    if not math.isfinite(value):
+      raise NonFiniteLossError(
+          f"non-finite {what} at step {done - len(fetched) + offset + 1} "
+          f"({what}={value}); stopping")
+  return fetched
+
+
 def episode_rng(seed: int, step: int) -> np.random.Generator:
   """The episode sampler's generator for a step: resumable by construction."""
   return np.random.default_rng([seed, step])

@@ -442,7 +442,7 @@ def meta_train_atnas(family: Any, spec: SupernetSpec, cfg: ATNASConfig, *,
   Raises:
     NonFiniteLossError: the meta-loss became NaN or infinite.
   """
-  from base.train import NonFiniteLossError, episode_rng
+  from base.train import episode_rng, fetch_finite_losses
   if family.num_ways != spec.num_classes:
     raise ConfigError(f"a {spec.num_classes}-way supernet cannot meta-train "
                       f"on {family.num_ways}-way tasks")
@@ -494,14 +494,8 @@ def meta_train_atnas(family: Any, spec: SupernetSpec, cfg: ATNASConfig, *,
       pending.append(loss)
       done = step + 1
       if done % LOG_EVERY == 0 or done == cfg.num_steps:
-        fetched = [float(v) for v in jax.device_get(pending)]
+        fetched = fetch_finite_losses(pending, done, "AT-NAS meta-loss")
         pending = []
-        for offset, value in enumerate(fetched):
-          if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"non-finite AT-NAS meta-loss at step "
-                f"{done - len(fetched) + offset + 1} (meta_loss={value}); "
-                f"stopping")
         log["meta_loss"].extend(fetched)
         bar.set_postfix(loss=f"{np.mean(fetched):.3f}")
       if done % cfg.evolve_every == 0:

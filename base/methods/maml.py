@@ -54,7 +54,7 @@ from base.evaluation import EpisodeScore, score_episodes
 from base.methods.api import Method, TaskResult
 from base.prior import restrict_classifier
 from base.meta import resolve_task_batching
-from base.train import NonFiniteLossError, episode_rng
+from base.train import episode_rng, fetch_finite_losses
 
 Weights = dict[str, Any]  # nested dict of arrays (nnx pure state dict)
 
@@ -424,14 +424,8 @@ def maml_meta_train(family: TaskFamily, cfg: MAMLConfig, *, seed: int = 0,
       pending.append(loss)
       done = step + 1
       if done % log_every == 0 or done == cfg.num_steps:
-        fetched = [float(v) for v in jax.device_get(pending)]
+        fetched = fetch_finite_losses(pending, done, "MAML meta-loss")
         pending = []
-        for offset, value in enumerate(fetched):
-          if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"non-finite MAML meta-loss at step "
-                f"{done - len(fetched) + offset + 1} (meta_loss={value}); "
-                f"stopping")
         history.extend(fetched)
         bar.set_postfix(loss=f"{np.mean(fetched):.3f}")
       bar.update(1)
