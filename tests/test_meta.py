@@ -45,13 +45,14 @@ def test_inner_steps_reduce_the_support_loss(prior, episodes):
 def test_meta_step_reduces_the_meta_loss_on_a_fixed_problem(prior, episodes):
   state = init_meta_state(prior, OPT)
   key, temperature = jax.random.key(2), jnp.float32(1.0)
-  initial, _ = batch_meta_loss(prior, episodes, key, temperature, CFG)
+  meta_loss = jax.jit(batch_meta_loss, static_argnums=4)
+  initial, _ = meta_loss(prior, episodes, key, temperature, CFG)
   losses = []
   for _ in range(15):
     state, metrics = meta_step(state, episodes, key, temperature, cfg=CFG,
                                opt_cfg=OPT)
     losses.append(float(metrics["meta_loss"]))
-  final, _ = batch_meta_loss(state.prior, episodes, key, temperature, CFG)
+  final, _ = meta_loss(state.prior, episodes, key, temperature, CFG)
   assert int(state.step) == 15
   assert float(final) < float(initial) - 0.2, (initial, losses, final)
   assert np.all(np.isfinite(losses))
