@@ -97,15 +97,17 @@ class TaskMetrics(NamedTuple):
 
 def task_loss(q: SupernetDist, prior: SupernetDist, key: jax.Array,
               x: jax.Array, y: jax.Array, temperature: jax.Array,
-              cfg: AdaptConfig, num_examples: int | None = None
+              cfg: AdaptConfig, num_examples: int | None = None,
+              noise: list[jax.Array] | None = None
               ) -> tuple[jax.Array, TaskMetrics]:
   """One-sample estimate of mean NLL(x, y) under q plus β·KL(q‖p)/n.
 
   Args:
     x: images ``[n, H, W, C]``; y: labels ``[n]``.
     num_examples: n in the KL's normalisation (default ``len(x)``).
+    noise: precomputed weight noise (:func:`sample_noise`), else drawn here.
   """
-  logits = sample_logits(q, key, x, temperature, cfg)
+  logits = sample_logits(q, key, x, temperature, cfg, noise)
   nll = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
   kl = (prior_lib.arch_kl(q, prior)
         + prior_lib.weight_kl(q, prior, cfg.weight_posterior))
@@ -115,12 +117,30 @@ def task_loss(q: SupernetDist, prior: SupernetDist, key: jax.Array,
   return loss, TaskMetrics(loss, nll, accuracy, kl)
 
 
+def sample_noise(dist: SupernetDist, key: jax.Array,
+                 cfg: AdaptConfig) -> list[jax.Array] | None:
+  """The weight noise that :func:`sample_logits` draws for ``key``.
+
+  Computed in a program of its own and passed in (``noise=``), it cannot be
+  fused into the backward pass: XLA:CPU otherwise recomputes the random bits
+  and ``erf_inv`` of small kernels (a depthwise conv's taps) for every
+  element of the activation gradients that use them.
+  """
+  if cfg.weight_posterior == "point":
+    return None
+  _, weight_key = jax.random.split(key)
+  return prior_lib.weight_noise(dist.weight_mean, weight_key)
+
+
 def sample_logits(dist: SupernetDist, key: jax.Array, x: jax.Array,
-                  temperature: jax.Array, cfg: AdaptConfig) -> jax.Array:
-  """Logits of ``x`` under one joint sample of (α, w) from ``dist``."""
+                  temperature: jax.Array, cfg: AdaptConfig,
+                  noise: list[jax.Array] | None = None) -> jax.Array:
+  """Logits of ``x`` under one joint sample of (α, w) from ``dist``
+  (``noise``: :func:`sample_noise` of ``key``, if already drawn)."""
   arch_key, weight_key = jax.random.split(key)
   arch = prior_lib.sample_arch(dist, arch_key, temperature, cfg.hard_samples)
-  weights = prior_lib.sample_weights(dist, weight_key, cfg.weight_posterior)
+  weights = prior_lib.sample_weights(dist, weight_key, cfg.weight_posterior,
+                                     noise)
   return apply_supernet(dist.spec, weights, arch, x,
                         single_path=cfg.single_path,
                         compute_dtype=cfg.compute_dtype)
@@ -141,11 +161,12 @@ def inner_update(q: SupernetDist, grads: SupernetDist,
 
 def inner_step(q: SupernetDist, prior: SupernetDist, key: jax.Array,
                support_x: jax.Array, support_y: jax.Array,
-               temperature: jax.Array, cfg: AdaptConfig
+               temperature: jax.Array, cfg: AdaptConfig,
+               noise: list[jax.Array] | None = None
                ) -> tuple[SupernetDist, TaskMetrics]:
   """One ELBO gradient step on the support set; returns (q', metrics at q)."""
   grads, metrics = jax.grad(task_loss, has_aux=True)(
-      q, prior, key, support_x, support_y, temperature, cfg)
+      q, prior, key, support_x, support_y, temperature, cfg, None, noise)
   if cfg.first_order:
     grads = jax.lax.stop_gradient(grads)
   return inner_update(q, grads, cfg), metrics

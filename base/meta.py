@@ -24,7 +24,8 @@ import optax
 from flax import struct
 
 from base.adaptation import (AdaptConfig, TaskMetrics, adapt_posterior,
-                             inner_step, mean_over_tasks, task_loss)
+                             inner_step, mean_over_tasks, sample_noise,
+                             task_loss)
 from base.data import Episode
 from base.errors import ConfigError
 from base.prior import SupernetDist
@@ -195,20 +196,42 @@ def task_meta_gradient(prior: SupernetDist, episode: Episode, key: jax.Array,
   return grads, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+_sample_noise = jax.jit(sample_noise, static_argnames=("cfg",))
+
+
 def compiled_inner_step(q, prior, key, support_x, support_y, temperature, *,
-                         cfg):
+                        cfg):
   """One ELBO step as its own program (stepwise meta-training, and
-  adaptation on CPU: ``base.train.adapt_compiled``)."""
-  return inner_step(q, prior, key, support_x, support_y, temperature, cfg)
+  adaptation on CPU: ``base.train.adapt_compiled``).
+
+  The weight noise is drawn by a separate program and passed in
+  (``adaptation.sample_noise``): same values as :func:`inner_step` draws.
+  """
+  return _compiled_inner_step(q, prior, key, support_x, support_y,
+                              temperature, _sample_noise(q, key, cfg=cfg),
+                              cfg=cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _compiled_inner_step(q, prior, key, support_x, support_y, temperature,
+                         noise, *, cfg):
+  return inner_step(q, prior, key, support_x, support_y, temperature, cfg,
+                    noise)
+
+
+def _query_meta_gradient(q, prior, key, query_x, query_y, temperature, *, cfg,
+                         num_examples):
+  return _query_meta_gradient_program(
+      q, prior, key, query_x, query_y, temperature,
+      _sample_noise(q, key, cfg=cfg), cfg=cfg, num_examples=num_examples)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_examples"))
-def _query_meta_gradient(q, prior, key, query_x, query_y, temperature, *, cfg,
-                         num_examples):
+def _query_meta_gradient_program(q, prior, key, query_x, query_y,
+                                 temperature, noise, *, cfg, num_examples):
   def loss(q, prior):
     return task_loss(q, prior, key, query_x, query_y, temperature, cfg,
-                     num_examples=num_examples)
+                     num_examples=num_examples, noise=noise)
 
   (_, metrics), (grad_q, grad_prior) = jax.value_and_grad(
       loss, argnums=(0, 1), has_aux=True)(q, prior)

@@ -13,12 +13,23 @@ transductive choice (MAML, MetaNAS): each task's support and query batches
 are normalised on their own, and no batch statistics need to be adapted or
 meta-learned. DARTS also uses ``affine=False`` in its search phase.
 
-Depthwise convolutions (inside separable and dilated convolutions) have two
-implementations with the same parameters and the same result:
-``"conv"`` uses ``lax.conv_general_dilated`` with ``feature_group_count``, and
-``"shifts"`` writes the convolution as k*k shifted multiply-adds. XLA:CPU's
-grouped convolution is tens of times slower than the shifted form, while on
-GPU/TPU the grouped convolution is the fast one; ``"auto"`` picks by backend.
+Three kinds of layer have two implementations each, with the same
+parameters and the same result (tested), because XLA:CPU and accelerators
+favour different forms; ``"auto"`` picks by the default backend:
+
+* depthwise convolutions (inside separable and dilated convolutions):
+  ``"conv"`` uses ``lax.conv_general_dilated`` with ``feature_group_count``,
+  ``"shifts"`` writes the convolution as k*k shifted multiply-adds. XLA:CPU's
+  grouped convolution is tens of times slower than the shifted form, while
+  on GPU/TPU the grouped convolution is the fast one.
+* dense convolutions (:class:`Conv`: the stem, ``conv_1x5_5x1``):
+  ``"conv"`` or ``"patches"`` (im2col and one matmul), because XLA:CPU's
+  kernel gradient of a convolution is pathologically slow.
+* 3x3 pooling (:class:`Pool`): ``"window"`` (``lax.reduce_window``) or
+  ``"slices"`` (separable shifted slices), because XLA:CPU's max-pool
+  gradient (``select_and_scatter``) is slow.
+
+``benchmarks/op_costs.py`` times every operation in both forms.
 """
 
 from __future__ import annotations
@@ -27,12 +38,15 @@ from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from base.errors import ConfigError
 
 NORM_EPSILON = 1e-5
 DEPTHWISE_IMPLS = ("auto", "conv", "shifts")
+CONV_IMPLS = ("auto", "conv", "patches")
+POOL_IMPLS = ("auto", "window", "slices")
 
 
 def normalize(x: jax.Array) -> jax.Array:
@@ -54,6 +68,26 @@ def resolve_depthwise_impl(impl: str) -> str:
         f"unknown depthwise_impl {impl!r}; expected one of {DEPTHWISE_IMPLS}")
   if impl == "auto":
     return "shifts" if jax.default_backend() == "cpu" else "conv"
+  return impl
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """Maps ``"auto"`` to the fastest dense-conv implementation on the backend."""
+  if impl not in CONV_IMPLS:
+    raise ConfigError(
+        f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
+  if impl == "auto":
+    return "patches" if jax.default_backend() == "cpu" else "conv"
+  return impl
+
+
+def resolve_pool_impl(impl: str) -> str:
+  """Maps ``"auto"`` to the fastest 3x3 pooling implementation."""
+  if impl not in POOL_IMPLS:
+    raise ConfigError(
+        f"unknown pool impl {impl!r}; expected one of {POOL_IMPLS}")
+  if impl == "auto":
+    return "slices" if jax.default_backend() == "cpu" else "window"
   return impl
 
 
@@ -128,21 +162,50 @@ class PointwiseConv(nnx.Module):
 
 
 class Conv(nnx.Module):
-  """Dense k1 x k2 convolution without bias (stem and plain conv ops)."""
+  """Dense k1 x k2 convolution without bias (stem and plain conv ops).
+
+  Two implementations with the same parameters and result (``impl``):
+  ``"conv"`` is ``lax.conv_general_dilated``; ``"patches"`` gathers the
+  k1*k2 shifted (strided) windows side by side on the channel axis and
+  multiplies by the kernel reshaped to ``[k1*k2*C_in, C_out]`` (im2col), so
+  that the forward pass and both gradients are matrix products. On XLA:CPU
+  the kernel gradient of ``conv_general_dilated`` (a convolution whose
+  window is the whole image) was measured at up to 190 ms for one 5x1 conv
+  on 20 images of 28x28x28, against a few ms as a matmul; ``"auto"`` picks
+  ``"patches"`` on CPU and ``"conv"`` elsewhere.
+  """
 
   def __init__(self, in_channels: int, out_channels: int,
-               kernel_size: tuple[int, int], stride: int, rngs: nnx.Rngs):
+               kernel_size: tuple[int, int], stride: int, rngs: nnx.Rngs,
+               *, impl: str = "auto"):
     self.stride = stride
-    self.kernel_size = kernel_size
+    self.kernel_size = tuple(kernel_size)
+    self.impl = resolve_conv_impl(impl)
     self.kernel = nnx.Param(_he_normal(
         rngs.params(), (*kernel_size, in_channels, out_channels),
         fan_in=kernel_size[0] * kernel_size[1] * in_channels))
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...].astype(x.dtype)
     pads = [((k - 1) // 2, (k - 1) // 2) for k in self.kernel_size]
-    return jax.lax.conv_general_dilated(
-        x, self.kernel[...].astype(x.dtype), (self.stride, self.stride), pads,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.impl == "conv":
+      return jax.lax.conv_general_dilated(
+          x, kernel, (self.stride, self.stride), pads,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    n, h, w, c = x.shape
+    kh, kw = self.kernel_size
+    out_h = (h - kh) // self.stride + 1
+    out_w = (w - kw) // self.stride + 1
+    windows = [
+        jax.lax.slice(x, (0, i, j, 0),
+                      (n, i + (out_h - 1) * self.stride + 1,
+                       j + (out_w - 1) * self.stride + 1, c),
+                      (1, self.stride, self.stride, 1))
+        for i in range(kh) for j in range(kw)]
+    patches = windows[0] if len(windows) == 1 else jnp.concatenate(
+        windows, axis=-1)
+    return patches @ kernel.reshape(kh * kw * c, -1)
 
 
 class Zero(nnx.Module):
@@ -224,27 +287,75 @@ class SeparableConv(nnx.Module):
 
 
 class Pool(nnx.Module):
-  """3x3 max or average pooling (average excludes padding) -> norm."""
+  """3x3 max or average pooling (average excludes padding) -> norm.
 
-  def __init__(self, kind: str, stride: int):
+  Two implementations with the same result (``impl``): ``"window"`` is
+  ``lax.reduce_window``; ``"slices"`` pools rows then columns, each as three
+  shifted (strided) slices combined elementwise, and divides an average by
+  window sizes known at trace time. On XLA:CPU the backward pass of a
+  ``reduce_window`` max (``select_and_scatter``) was measured at 16 ms on
+  20 images of 28x28x28 against 3 ms for the slices; ``"auto"`` picks
+  ``"slices"`` on CPU. Max pooling's forward result is bitwise equal either
+  way; at exactly tied inputs the slices' gradient is shared between the
+  tied inputs rather than given to the first (both are subgradients).
+  """
+
+  def __init__(self, kind: str, stride: int, *, impl: str = "auto"):
     self.kind = kind
     self.stride = stride
+    self.impl = resolve_pool_impl(impl)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.impl == "window":
+      return normalize(self._reduce_window(x))
+    return normalize(self._separable_slices(x))
+
+  def _reduce_window(self, x: jax.Array) -> jax.Array:
     window = (1, 3, 3, 1)
     strides = (1, self.stride, self.stride, 1)
     padding = ((0, 0), (1, 1), (1, 1), (0, 0))
     if self.kind == "max":
-      y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides,
-                                padding)
-    else:
-      total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides,
-                                    padding)
-      ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-      count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides,
-                                    padding)
-      y = total / count
-    return normalize(y)
+      return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides,
+                                   padding)
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides,
+                                  padding)
+    return total / _window_counts(x.shape[1], x.shape[2], self.stride,
+                                  x.dtype)
+
+  def _separable_slices(self, x: jax.Array) -> jax.Array:
+    is_max = self.kind == "max"
+    combine = jnp.maximum if is_max else jnp.add
+    n, h, w, c = x.shape
+    s = self.stride
+    out_h, out_w = (h - 1) // s + 1, (w - 1) // s + 1
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)),
+                constant_values=-jnp.inf if is_max else 0)
+    rows = None
+    for i in range(3):
+      part = jax.lax.slice(x, (0, i, 0, 0), (n, i + (out_h - 1) * s + 1,
+                                             w + 2, c), (1, s, 1, 1))
+      rows = part if rows is None else combine(rows, part)
+    out = None
+    for j in range(3):
+      part = jax.lax.slice(rows, (0, 0, j, 0),
+                           (n, out_h, j + (out_w - 1) * s + 1, c),
+                           (1, 1, s, 1))
+      out = part if out is None else combine(out, part)
+    if is_max:
+      return out
+    return out / _window_counts(h, w, s, x.dtype)
+
+
+def _window_counts(height: int, width: int, stride: int,
+                   dtype) -> jax.Array:
+  """Inputs inside each 3x3 window (padding excluded), ``[1, H', W', 1]``."""
+
+  def counts(size):
+    starts = np.arange(0, size, stride)
+    return np.minimum(starts + 1, size - 1) - np.maximum(starts - 1, 0) + 1
+
+  grid = np.outer(counts(height), counts(width)).astype(np.float32)
+  return jnp.asarray(grid[None, :, :, None], dtype)
 
 
 class StackedConv(nnx.Module):

@@ -68,17 +68,31 @@ def init_prior(spec: SupernetSpec, key: jax.Array,
   return SupernetDist(init_arch_logits(spec), mean, log_std, spec)
 
 
+def weight_noise(weight_mean: Any, key: jax.Array) -> list[jax.Array]:
+  """The standard normal noise of :func:`sample_weights`, one array per leaf
+  of ``weight_mean`` (in ``jax.tree.leaves`` order)."""
+  leaves = jax.tree.leaves(weight_mean)
+  keys = jax.random.split(key, len(leaves))
+  return [jax.random.normal(k, m.shape, m.dtype) for m, k in zip(leaves, keys)]
+
+
 def sample_weights(dist: SupernetDist, key: jax.Array,
-                   weight_posterior: str = "gaussian") -> dict[str, Any]:
-  """A reparameterised weight sample (the mean for a point posterior)."""
+                   weight_posterior: str = "gaussian",
+                   noise: list[jax.Array] | None = None) -> dict[str, Any]:
+  """A reparameterised weight sample (the mean for a point posterior).
+
+  ``noise`` is ``weight_noise(dist.weight_mean, key)`` computed elsewhere
+  (then ``key`` is unused): the stepwise CPU programs take it as an input,
+  see ``base.meta.compiled_inner_step``.
+  """
   if weight_posterior == "point":
     return dist.weight_mean
+  if noise is None:
+    noise = weight_noise(dist.weight_mean, key)
   leaves, treedef = jax.tree.flatten(dist.weight_mean)
-  keys = jax.random.split(key, len(leaves))
   stds = jax.tree.leaves(dist.weight_log_std)
   return jax.tree.unflatten(treedef, [
-      m + jnp.exp(s) * jax.random.normal(k, m.shape, m.dtype)
-      for m, s, k in zip(leaves, stds, keys)])
+      m + jnp.exp(s) * e for m, s, e in zip(leaves, stds, noise)])
 
 
 def sample_arch(dist: SupernetDist, key: jax.Array, temperature: jax.Array,

@@ -94,8 +94,7 @@ class SupernetSpec:
 
   @property
   def num_edges(self) -> int:
-    """Edges per cell: node i has 2 + i incoming edges."""
-    return sum(2 + i for i in range(self.num_nodes))
+    return num_cell_edges(self.num_nodes)
 
   @property
   def num_ops(self) -> int:
@@ -124,6 +123,11 @@ class SupernetSpec:
       if d.get(key) is not None:
         d[key] = tuple(d[key])
     return cls(**d)
+
+
+def num_cell_edges(num_nodes: int) -> int:
+  """Edges of a supernet cell with ``num_nodes`` nodes: node i has 2 + i."""
+  return sum(2 + i for i in range(num_nodes))
 
 
 def all_node_inputs(num_nodes: int) -> list[list[int]]:

@@ -6,6 +6,7 @@ import os
 import pathlib
 
 import ml_collections
+import numpy as np
 import pytest
 
 from base.supernet import SupernetSpec
@@ -48,6 +49,44 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
   config.evaluate.episodes = 4
   config.train.update(train_overrides)
   return config
+
+
+class PoisonedFamily:
+  """A task family whose episodes turn to NaN after some healthy ones.
+
+  Wraps ``family`` (every other attribute is the family's own). Healthy are
+  the first ``healthy_batches`` calls of ``sample_batch`` or the first
+  ``healthy_tasks`` calls of ``sample`` (per-task sampling); later episodes
+  have NaN support images, so the meta-loss of the step that sees them is
+  not finite.
+  """
+
+  def __init__(self, family, *, healthy_batches: int | None = None,
+               healthy_tasks: int | None = None):
+    self.family = family
+    self.healthy_batches, self.healthy_tasks = healthy_batches, healthy_tasks
+    self.batches = self.tasks = 0
+
+  def __getattr__(self, name):
+    return getattr(self.family, name)
+
+  @staticmethod
+  def _poison(episode):
+    return episode._replace(support_x=np.full_like(episode.support_x, np.nan))
+
+  def sample(self, rng):
+    episode = self.family.sample(rng)
+    self.tasks += 1
+    if self.healthy_tasks is not None and self.tasks > self.healthy_tasks:
+      episode = self._poison(episode)
+    return episode
+
+  def sample_batch(self, rng, batch_size):
+    episodes = self.family.sample_batch(rng, batch_size)
+    self.batches += 1
+    if self.healthy_batches is not None and self.batches > self.healthy_batches:
+      episodes = self._poison(episodes)
+    return episodes
 
 
 @pytest.fixture(scope="session", autouse=True)

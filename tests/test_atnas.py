@@ -22,7 +22,7 @@ from base.methods.api import Learner, score_learner
 from base.supernet import apply_supernet, init_supernet_weights
 from base.train import NonFiniteLossError
 
-from conftest import tiny_config, tiny_spec
+from conftest import PoisonedFamily, tiny_config, tiny_spec
 
 SHAPES = {"normal": 5, "reduce": 5}
 CHOICES = (1, 2, 3)  # op 0 ("none") excluded
@@ -457,26 +457,9 @@ def test_adapt_and_predict_returns_a_deterministic_genotype(
     atnas.METHOD.load_learner(other, E2E_CFG, meta_trained[0])
 
 
-class PoisonedFamily:
-  """Delegates to a family; from the second batch on, images are NaN."""
-
-  def __init__(self, family):
-    self._family = family
-    self.num_ways = family.num_ways
-    self.batches = 0
-
-  def sample_batch(self, rng, batch_size):
-    episodes = self._family.sample_batch(rng, batch_size)
-    self.batches += 1
-    if self.batches >= 2:
-      episodes = episodes._replace(
-          support_x=np.full_like(episodes.support_x, np.nan))
-    return episodes
-
-
 def test_a_non_finite_meta_loss_stops_training(experiment):
   cfg = dataclasses.replace(E2E_CFG, num_steps=10, evolve_every=50)
   with pytest.raises(NonFiniteLossError, match="at step 2 ") as error:
-    atnas.meta_train_atnas(PoisonedFamily(experiment.train_family),
+    atnas.meta_train_atnas(PoisonedFamily(experiment.train_family, healthy_batches=1),
                            experiment.spec, cfg)
   assert "\n" not in str(error.value)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from benchmarks import meta_step
+from base.errors import ConfigError
+from benchmarks import meta_step, op_costs
 
 
 def test_meta_step_benchmark_writes_a_table_and_json(tmp_path, capsys):
@@ -27,3 +28,22 @@ def test_meta_step_benchmark_writes_a_table_and_json(tmp_path, capsys):
 def test_meta_step_benchmark_rejects_unknown_rows():
   with pytest.raises(SystemExit):
     meta_step.main(["--preset=tiny", "--rows=warp_drive"])
+
+
+def test_op_costs_benchmark_times_ops_and_layer_forms(tmp_path, capsys):
+  out = tmp_path / "ops.json"
+  report = op_costs.main(["--batch=2", "--size=6", "--channels=4",
+                          "--strides=1", "--repeats=1",
+                          "--ops=skip_connect,max_pool_3x3", f"--out={out}"])
+  assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+  assert [r["op"] for r in report["ops"]] == ["skip_connect", "max_pool_3x3"]
+  forms = {(r["layer"], r["impl"]) for r in report["layers"]}
+  assert ("dense conv 1x5", "patches") in forms
+  assert ("max pool 3x3", "window") in forms
+  assert all(r["forward_backward_ms"] > 0 for r in report["layers"])
+  assert "| max_pool_3x3 | 1 |" in capsys.readouterr().out
+
+
+def test_op_costs_benchmark_rejects_unknown_ops():
+  with pytest.raises(ConfigError, match="conv_9x9"):
+    op_costs.main(["--ops=conv_9x9"])

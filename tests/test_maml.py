@@ -21,6 +21,7 @@ from base.adaptation import AdaptConfig
 from base.data import EpisodeSampler, load_digits
 from base.errors import CheckpointError, ConfigError
 from base.methods import maml
+from conftest import PoisonedFamily
 
 HIDDEN = 8
 # 5-shot, 2 inner steps: a clear gap between meta-learned and random init
@@ -298,29 +299,8 @@ def test_corrupt_or_missing_files_raise_checkpoint_errors(tmp_path):
     maml.load_maml(other)
 
 
-class PoisonedFamily:
-  """Delegates to a family; from the second batch on, images are NaN."""
-
-  def __init__(self, family):
-    self._family = family
-    self.num_ways, self.num_shots = family.num_ways, family.num_shots
-    self.num_queries, self.image_shape = family.num_queries, family.image_shape
-    self.batches = 0
-
-  def sample(self, rng):
-    return self._family.sample(rng)
-
-  def sample_batch(self, rng, batch_size):
-    episodes = self._family.sample_batch(rng, batch_size)
-    self.batches += 1
-    if self.batches >= 2:
-      episodes = episodes._replace(
-          support_x=np.full_like(episodes.support_x, np.nan))
-    return episodes
-
-
 def test_a_non_finite_meta_loss_stops_training_naming_the_step(train_family):
   cfg = dataclasses.replace(CFG, num_steps=4)  # shares CFG's programs
   with pytest.raises(train.NonFiniteLossError, match="at step 2 ") as error:
-    maml.maml_meta_train(PoisonedFamily(train_family), cfg, log_every=3)
+    maml.maml_meta_train(PoisonedFamily(train_family, healthy_batches=1), cfg, log_every=3)
   assert "\n" not in str(error.value)

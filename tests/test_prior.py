@@ -108,3 +108,17 @@ def test_weight_samples_follow_the_gaussian(prior):
   np.testing.assert_allclose(kernel.std(0), std, rtol=0.2)
   assert prior_lib.sample_weights(prior, jax.random.key(0), "point") is (
       prior.weight_mean)
+
+
+def test_precomputed_noise_gives_the_same_sample(prior):
+  # The stepwise CPU programs draw the noise in a program of their own.
+  key = jax.random.key(5)
+  drawn_here = prior_lib.sample_weights(prior, key)
+  noise = jax.jit(prior_lib.weight_noise)(prior.weight_mean, key)
+  passed_in = prior_lib.sample_weights(prior, jax.random.key(99),
+                                       noise=noise)
+  for a, b in zip(jax.tree.leaves(drawn_here), jax.tree.leaves(passed_in)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  other = prior_lib.sample_weights(prior, jax.random.key(6))
+  assert not np.allclose(other["classifier"]["kernel"],
+                         drawn_here["classifier"]["kernel"])

@@ -13,7 +13,7 @@ import pytest
 
 import base
 from base import train
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.conftest import REPO_ROOT, PoisonedFamily, tiny_config
 
 CONFIG_FILE = '''
 from tests.conftest import tiny_config
@@ -65,30 +65,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
   assert steps == [2, 4, 6, 8]
 
 
-class _NaNAfter:
-  """A task family whose episodes turn to NaN after ``after`` meta-batches of
-  ``tasks`` tasks (meta-training samples task by task, in order)."""
-
-  def __init__(self, family, after, tasks):
-    self.family, self.limit, self.calls = family, after * tasks, 0
-
-  def __getattr__(self, name):
-    return getattr(self.family, name)
-
-  def sample(self, rng):
-    episode = self.family.sample(rng)
-    self.calls += 1
-    if self.calls > self.limit:
-      episode = episode._replace(support_x=episode.support_x * np.nan)
-    return episode
-
-
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_config(num_steps=8, checkpoint_every=2, log_every=4)
   experiment = train.build_experiment(config)
   experiment = experiment._replace(
-      train_family=_NaNAfter(experiment.train_family, after=5,
-                             tasks=experiment.train.meta_batch_size))
+      train_family=PoisonedFamily(
+          experiment.train_family,
+          healthy_tasks=5 * experiment.train.meta_batch_size))
   (tmp_path / "prior.msgpack").write_bytes(b"an earlier result")
   with pytest.raises(train.NonFiniteLossError,
                      match=r"step 6 .*checkpoint \(step 4\)"):

@@ -85,7 +85,8 @@ from base.methods import metad2a_models as models
 from base.methods.api import Method, TaskResult
 from base.prior import restrict_classifier
 from base.supernet import (CELL_TYPES, SupernetSpec, apply_supernet,
-                           count_params, init_supernet_weights)
+                           count_params, init_supernet_weights,
+                           num_cell_edges)
 from base.train import NonFiniteLossError, episode_rng
 
 ARTIFACT_FILENAME = "metad2a.msgpack"
@@ -168,7 +169,7 @@ class Dims(NamedTuple):
 
   @property
   def num_edges(self) -> int:
-    return sum(2 + i for i in range(self.num_nodes))
+    return num_cell_edges(self.num_nodes)
 
   @property
   def num_ops(self) -> int:

@@ -59,7 +59,7 @@ from flax import nnx
 from base import ops
 from base.errors import ConfigError
 from base.genotype import Genotype
-from base.supernet import CELL_TYPES
+from base.supernet import CELL_TYPES, num_cell_edges
 
 Params = dict[str, Any]  # nested dict of arrays (nnx pure state dict)
 
@@ -108,7 +108,7 @@ def random_archs(rng: np.random.Generator, count: int, num_nodes: int,
   gets a uniformly random operation other than ``none``.
   """
   allowed = np.flatnonzero(allowed_ops(primitives))
-  num_edges = sum(2 + i for i in range(num_nodes))
+  num_edges = num_cell_edges(num_nodes)
   archs = np.zeros((count, len(CELL_TYPES), num_edges, len(primitives)),
                    np.float32)
   pairs = node_pairs(num_nodes)
@@ -124,7 +124,7 @@ def check_arch(arch: np.ndarray, num_nodes: int,
                primitives: Sequence[str]) -> None:
   """Raises ConfigError unless ``arch`` ``[2, E, O]`` is a valid encoding."""
   arch = np.asarray(arch)
-  num_edges = sum(2 + i for i in range(num_nodes))
+  num_edges = num_cell_edges(num_nodes)
   shape = (len(CELL_TYPES), num_edges, len(primitives))
   if arch.shape != shape:
     raise ConfigError(f"architecture encoding has shape {arch.shape}, "
