@@ -61,34 +61,31 @@ def normalize(x: jax.Array) -> jax.Array:
   return ((x32 - mean) * jax.lax.rsqrt(var + NORM_EPSILON)).astype(x.dtype)
 
 
-def resolve_depthwise_impl(impl: str) -> str:
-  """Maps ``"auto"`` to the fastest implementation on the default backend."""
-  if impl not in DEPTHWISE_IMPLS:
-    raise ConfigError(
-        f"unknown depthwise_impl {impl!r}; expected one of {DEPTHWISE_IMPLS}")
+def _resolve_impl(what: str, impl: str, choices: tuple[str, ...],
+                  on_cpu: str, elsewhere: str) -> str:
+  """Checks ``impl`` and maps ``"auto"`` to the form measured fastest on the
+  default backend (``on_cpu`` for XLA:CPU, ``elsewhere`` for GPU/TPU)."""
+  if impl not in choices:
+    raise ConfigError(f"unknown {what} {impl!r}; expected one of {choices}")
   if impl == "auto":
-    return "shifts" if jax.default_backend() == "cpu" else "conv"
+    return on_cpu if jax.default_backend() == "cpu" else elsewhere
   return impl
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+  """The depthwise convolution's form: "shifts" on CPU, else "conv"."""
+  return _resolve_impl("depthwise_impl", impl, DEPTHWISE_IMPLS, "shifts",
+                       "conv")
 
 
 def resolve_conv_impl(impl: str) -> str:
-  """Maps ``"auto"`` to the fastest dense-conv implementation on the backend."""
-  if impl not in CONV_IMPLS:
-    raise ConfigError(
-        f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
-  if impl == "auto":
-    return "patches" if jax.default_backend() == "cpu" else "conv"
-  return impl
+  """The dense convolution's form: "patches" on CPU, else "conv"."""
+  return _resolve_impl("conv impl", impl, CONV_IMPLS, "patches", "conv")
 
 
 def resolve_pool_impl(impl: str) -> str:
-  """Maps ``"auto"`` to the fastest 3x3 pooling implementation."""
-  if impl not in POOL_IMPLS:
-    raise ConfigError(
-        f"unknown pool impl {impl!r}; expected one of {POOL_IMPLS}")
-  if impl == "auto":
-    return "slices" if jax.default_backend() == "cpu" else "window"
-  return impl
+  """The 3x3 pooling's form: "slices" on CPU, else "window"."""
+  return _resolve_impl("pool impl", impl, POOL_IMPLS, "slices", "window")
 
 
 def _he_normal(key: jax.Array, shape: tuple[int, ...], fan_in: int,
