@@ -129,22 +129,34 @@ class DepthwiseConv(nnx.Module):
     """The same convolution as k*k strided slices times per-channel taps."""
     pad = self.padding
     x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    n, h, w, c = x.shape
-    span = self.dilation * (self.kernel_size - 1)
-    out_h = (h - span - 1) // self.stride + 1
-    out_w = (w - span - 1) // self.stride + 1
+    size = self.kernel_size
+    taps = kernel.reshape(size * size, kernel.shape[-1])  # row-major taps
+    windows = shifted_windows(x, (size, size), self.stride, self.dilation)
     out = None
-    for i in range(self.kernel_size):
-      for j in range(self.kernel_size):
-        top, left = i * self.dilation, j * self.dilation
-        window = jax.lax.slice(
-            x, (0, top, left, 0),
-            (n, top + (out_h - 1) * self.stride + 1,
-             left + (out_w - 1) * self.stride + 1, c),
-            (1, self.stride, self.stride, 1))
-        term = window * kernel[i, j, 0]
-        out = term if out is None else out + term
+    for window, tap in zip(windows, taps):
+      term = window * tap
+      out = term if out is None else out + term
     return out
+
+
+def shifted_windows(x: jax.Array, kernel_size: tuple[int, int], stride: int,
+                    dilation: int = 1) -> list[jax.Array]:
+  """The kh*kw strided windows of an already padded NHWC ``x``, one per
+  kernel tap in row-major order: window ``(i, j)`` holds the inputs that tap
+  ``(i, j)`` of a (dilated, strided) kh x kw convolution multiplies."""
+  n, h, w, c = x.shape
+  kh, kw = kernel_size
+  out_h = (h - dilation * (kh - 1) - 1) // stride + 1
+  out_w = (w - dilation * (kw - 1) - 1) // stride + 1
+  windows = []
+  for i in range(kh):
+    for j in range(kw):
+      top, left = i * dilation, j * dilation
+      windows.append(jax.lax.slice(
+          x, (0, top, left, 0),
+          (n, top + (out_h - 1) * stride + 1, left + (out_w - 1) * stride + 1,
+           c), (1, stride, stride, 1)))
+  return windows
 
 
 class PointwiseConv(nnx.Module):
@@ -189,20 +201,11 @@ class Conv(nnx.Module):
       return jax.lax.conv_general_dilated(
           x, kernel, (self.stride, self.stride), pads,
           dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    n, h, w, c = x.shape
-    kh, kw = self.kernel_size
-    out_h = (h - kh) // self.stride + 1
-    out_w = (w - kw) // self.stride + 1
-    windows = [
-        jax.lax.slice(x, (0, i, j, 0),
-                      (n, i + (out_h - 1) * self.stride + 1,
-                       j + (out_w - 1) * self.stride + 1, c),
-                      (1, self.stride, self.stride, 1))
-        for i in range(kh) for j in range(kw)]
+    windows = shifted_windows(jnp.pad(x, ((0, 0), *pads, (0, 0))),
+                              self.kernel_size, self.stride)
     patches = windows[0] if len(windows) == 1 else jnp.concatenate(
         windows, axis=-1)
-    return patches @ kernel.reshape(kh * kw * c, -1)
+    return patches @ kernel.reshape(-1, kernel.shape[-1])
 
 
 class Zero(nnx.Module):
