@@ -64,8 +64,8 @@ def run(config: Any, workdir: str | None) -> None:
     print(f"prior saved to {os.path.join(workdir, train.PRIOR_FILENAME)} "
           f"after {int(state.step)} meta-steps")
     if experiment.maml is not None:
-      path = train.meta_train_maml(experiment, workdir, int(config.seed))
-      print(f"MAML Conv-4 baseline saved to {path}")
+      meta_train_maml_baseline(experiment, int(state.step), workdir,
+                               int(config.seed))
   if "evaluate" in modes:
     results = train.evaluate(config, workdir, experiment=experiment)
     print(train.format_results(results))
@@ -80,6 +80,24 @@ def run(config: Any, workdir: str | None) -> None:
     print(transfer_lib.format_transfer(results))
     print(f"transfer results written to "
           f"{os.path.join(workdir, 'transfer.json')} and transfer.md")
+
+
+def meta_train_maml_baseline(experiment: train.Experiment, base_step: int,
+                             workdir: str, seed: int) -> None:
+  """Meta-trains the MAML baseline once BASE's meta-training is complete.
+
+  Not after a run stopped early (``train.stop_at_step``), and not again when
+  the workdir already holds it, trained with the same config and seed.
+  """
+  path = os.path.join(workdir, train.MAML_FILENAME)
+  if base_step < experiment.train.num_steps:
+    print(f"meta-training stopped at step {base_step} of "
+          f"{experiment.train.num_steps} (train.stop_at_step); the MAML "
+          f"baseline is meta-trained once it completes")
+  elif train.meta_train_maml(experiment, workdir, seed, force=False):
+    print(f"MAML Conv-4 baseline saved to {path}")
+  else:
+    print(f"MAML Conv-4 baseline already trained with this config: {path}")
 
 
 def run_comparison(config: Any, workdir: str,

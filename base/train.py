@@ -46,7 +46,14 @@ class TrainConfig:
   """Meta-training loop settings.
 
   Attributes:
-    num_steps: meta-steps in total (a resumed run stops there too).
+    num_steps: meta-steps in total (a resumed run stops there too); the
+      temperature schedule spans them.
+    stop_at_step: end this run after this many steps (0: ``num_steps``),
+      writing a checkpoint and a prior of that step. For meta-training in
+      chunks (wall-time-limited jobs, or to evaluate a long run part way):
+      a later run with a larger value resumes from the checkpoint and
+      continues the same ``num_steps`` schedule, so the chunks give the
+      same prior as one run.
     meta_batch_size: tasks per meta-step.
     log_every: fetch metrics from the device and log every this many steps.
     checkpoint_every: save a resumable checkpoint every this many steps.
@@ -58,6 +65,7 @@ class TrainConfig:
   log_every: int = 10
   checkpoint_every: int = 50
   prefetch: int = 2
+  stop_at_step: int = 0
 
   def __post_init__(self):
     for name in ("num_steps", "meta_batch_size", "log_every",
@@ -65,6 +73,15 @@ class TrainConfig:
       if getattr(self, name) < 1:
         raise ConfigError(f"train.{name} must be >= 1, got "
                           f"{getattr(self, name)}")
+    if not 0 <= self.stop_at_step <= self.num_steps:
+      raise ConfigError(f"train.stop_at_step must be between 0 (run all "
+                        f"train.num_steps) and train.num_steps="
+                        f"{self.num_steps}, got {self.stop_at_step}")
+
+  @property
+  def last_step(self) -> int:
+    """The step this run ends after."""
+    return self.stop_at_step or self.num_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,21 +207,25 @@ def _maml_config(section: Any):
   return config_utils.dataclass_from_config(maml.MAMLConfig, values, "maml")
 
 
-MAML_FILENAME = "maml_conv4.msgpack"
+MAML_FILENAME = "maml_conv4.msgpack"  # = base.methods.maml.MAML_FILENAME
 
 
 def meta_train_maml(exp: Experiment, workdir: str, seed: int,
-                    progress: bool = True) -> str:
-  """Meta-trains the MAML Conv-4 baseline on the same task family."""
+                    progress: bool = True, *, force: bool = True) -> bool:
+  """Meta-trains the MAML Conv-4 baseline on the same task family.
+
+  Writes ``maml_conv4.msgpack`` into ``workdir``. With ``force=False`` it
+  does nothing when that file already holds weights meta-trained with the
+  same config and seed (a resumed run does not train the baseline again).
+  Returns whether it trained.
+  """
   from base.methods import maml
-  start = time.perf_counter()
-  weights, history = maml.maml_meta_train(exp.train_family, exp.maml,
-                                          seed=seed, progress=progress)
-  path = os.path.join(_check_workdir(workdir), MAML_FILENAME)
-  maml.save_maml(path, weights, {
-      "steps": exp.maml.num_steps, "seconds": time.perf_counter() - start,
-      "final_loss": history[-1] if history else None})
-  return path
+  workdir = _check_workdir(workdir)
+  if not force and maml.is_trained(workdir, exp.maml, seed):
+    return False
+  maml.METHOD.meta_train(exp, exp.maml, workdir, seed=seed,
+                         progress=progress)
+  return True
 
 
 def fetch_finite_losses(pending: list, done: int, what: str) -> list[float]:
@@ -307,7 +328,9 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
   """Meta-trains a prior, resuming from ``workdir``'s latest checkpoint.
 
   Writes ``checkpoints/``, ``metrics.jsonl`` and, at the end,
-  ``prior.msgpack`` into ``workdir``. Returns the final meta-state.
+  ``prior.msgpack`` into ``workdir``. Runs to ``train.stop_at_step`` when
+  set (the prior then records that step and its temperature; a later run
+  continues). Returns the final meta-state.
   """
   exp = experiment or build_experiment(config)
   workdir = _check_workdir(workdir)
@@ -319,6 +342,7 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
   start = checkpointer.latest_step() or 0
   if start:
     state = checkpointer.restore(state, start)
+  last = max(exp.train.last_step, start)
   schedule = exp.schedule
   # Task t of step s is sampled from its own generator, so each host of a
   # multi-host run samples just the tasks that land on its devices.
@@ -335,16 +359,16 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
   try:
     batches = prefetch(
         (sample_task_batch(exp.train_family, seed, step, task_ids)
-         for step in range(start, exp.train.num_steps)),
+         for step in range(start, last)),
         size=exp.train.prefetch)
-    for step, episodes in zip(range(start, exp.train.num_steps), batches):
+    for step, episodes in zip(range(start, last), batches):
       temperature = schedule(step)
       state, metrics = meta_step(state, episodes, step_key(seed, step),
                                  temperature, cfg=exp.adapt, opt_cfg=exp.meta)
       pending.append(metrics)
       done = step + 1
       checkpoint_now = (done % exp.train.checkpoint_every == 0
-                        or done == exp.train.num_steps)
+                        or done == last)
       # Metrics are fetched (and checked) before every checkpoint, so a
       # non-finite state is never saved over a good one.
       if checkpoint_now or done % exp.train.log_every == 0:
@@ -371,7 +395,10 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
   prior_lib.save_prior(
       os.path.join(workdir, PRIOR_FILENAME), state.prior,
       metadata={"step": int(state.step),
-                "temperature": exp.final_temperature,
+                "num_steps": exp.train.num_steps,
+                # The temperature meta-training reached (that of num_steps
+                # unless the run stopped early): adaptation uses it.
+                "temperature": float(schedule(int(state.step))),
                 "image_shape": list(exp.train_family.image_shape),
                 "data_source": str(config.data.source),
                 "adapt": dataclasses.asdict(exp.adapt),
@@ -619,6 +646,9 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
   spec = prior.spec
   results = {
       "prior": os.path.abspath(path),
+      # A prior of a run stopped early (train.stop_at_step) says so here.
+      "prior_step": metadata.get("step"),
+      "prior_num_steps": metadata.get("num_steps", metadata.get("step")),
       "temperature": temperature,
       "queries_per_class": exp.test_family.num_queries,
       "meta_test_classes": exp.test_family.data.num_classes,
@@ -683,7 +713,11 @@ def score_omniglot_runs_maml(weights: Any, exp: Experiment,
 
 def format_results(results: dict[str, Any]) -> str:
   """Markdown tables of :func:`evaluate`'s results."""
-  lines = [f"Meta-test classes: {results['meta_test_classes']}, "
+  step, num_steps = results.get("prior_step"), results.get("prior_num_steps")
+  partial = ([f"The prior is of meta-step {step} of {num_steps} "
+              f"(a run stopped early with train.stop_at_step).", ""]
+             if step is not None and num_steps and step < num_steps else [])
+  lines = partial + [f"Meta-test classes: {results['meta_test_classes']}, "
            f"{results['queries_per_class']} queries per class; "
            f"parameters = supernet weights used by the posterior predictive "
            f"(the derived network has {results['derived_network_parameters']})."

@@ -88,3 +88,38 @@ def test_unwritable_workdir_is_refused_at_start(tmp_path):
   blocker.write_text("not a directory")
   with pytest.raises(base.ConfigError, match="not writable"):
     train.meta_train(tiny_config(), str(blocker / "run"), progress=False)
+
+
+def test_chunked_run_with_stop_at_step_matches_one_run(tmp_path):
+  """Two chunks (stop at 2, then run on to 4) give one run's prior, and the
+  chunk's prior records its step, the run's length and the temperature it
+  had reached on the run's schedule."""
+  workdir = str(tmp_path / "chunked")
+  first = train.meta_train(tiny_config(num_steps=4, stop_at_step=2), workdir,
+                           progress=False)
+  assert int(first.step) == 2
+  _, metadata = base.load_prior(os.path.join(workdir, "prior.msgpack"),
+                                return_metadata=True)
+  experiment = train.build_experiment(tiny_config(num_steps=4))
+  assert (metadata["step"], metadata["num_steps"]) == (2, 4)
+  assert metadata["temperature"] == pytest.approx(
+      float(experiment.schedule(2)))
+  assert metadata["temperature"] > experiment.final_temperature
+  resumed = train.meta_train(tiny_config(num_steps=4), workdir,
+                             progress=False)
+  straight = train.meta_train(tiny_config(num_steps=4),
+                              str(tmp_path / "straight"), progress=False)
+  assert int(resumed.step) == 4
+  for a, b in zip(jax.tree.leaves(resumed.prior),
+                  jax.tree.leaves(straight.prior)):
+    np.testing.assert_array_equal(a, b)
+  _, metadata = base.load_prior(os.path.join(workdir, "prior.msgpack"),
+                                return_metadata=True)
+  assert metadata["temperature"] == pytest.approx(experiment.final_temperature)
+
+
+@pytest.mark.parametrize("stop_at_step", [-1, 5])
+def test_stop_at_step_outside_the_run_is_refused(stop_at_step):
+  with pytest.raises(base.ConfigError, match="train.stop_at_step"):
+    train.build_experiment(tiny_config(num_steps=4,
+                                       stop_at_step=stop_at_step))

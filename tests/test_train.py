@@ -139,7 +139,20 @@ def test_omniglot_config_runs_end_to_end(tmp_path):
   assert experiment.test_family.data.num_classes == 42
   train.meta_train(config, str(tmp_path), experiment=experiment,
                    progress=False)
-  train.meta_train_maml(experiment, str(tmp_path), seed=0, progress=False)
+  from base import cli
+  from base.methods import maml
+  maml_file = tmp_path / train.MAML_FILENAME
+  # BASE stopped early (train.stop_at_step): the baseline waits for the end.
+  cli.meta_train_maml_baseline(experiment, 1, str(tmp_path), 0)
+  assert not maml_file.exists()
+  assert train.meta_train_maml(experiment, str(tmp_path), seed=0,
+                               progress=False)
+  # Trained once with this config and seed: a resumed run keeps the file.
+  assert maml.is_trained(str(tmp_path), experiment.maml, 0)
+  assert not maml.is_trained(str(tmp_path), experiment.maml, 1)
+  written = maml_file.stat().st_mtime_ns
+  cli.meta_train_maml_baseline(experiment, 2, str(tmp_path), 0)
+  assert maml_file.stat().st_mtime_ns == written
   results = train.evaluate(config, str(tmp_path), experiment=experiment)
   assert [(r["method"], r["protocol"]) for r in results["rows"]] == [
       ("base (meta-learned prior, adapted)", "20-way 1-shot"),

@@ -615,7 +615,11 @@ class MAMLLearner:
 
 def _meta_train_method(exp, cfg: MAMLConfig, workdir: str, *, seed: int,
                        progress: bool = True) -> dict[str, Any]:
-  """Meta-trains Conv-4 on the experiment's tasks into ``workdir``."""
+  """Meta-trains Conv-4 on the experiment's tasks into ``workdir``.
+
+  The file records the config and seed, so :func:`is_trained` can tell a
+  later run that it need not train again.
+  """
   start = time.perf_counter()
   weights, history = maml_meta_train(exp.train_family, cfg, seed=seed,
                                      progress=progress)
@@ -623,8 +627,23 @@ def _meta_train_method(exp, cfg: MAMLConfig, workdir: str, *, seed: int,
   seconds = time.perf_counter() - start
   save_maml(os.path.join(workdir, MAML_FILENAME), weights, {
       "steps": cfg.num_steps, "seconds": seconds,
-      "final_loss": history[-1] if history else None})
+      "final_loss": history[-1] if history else None,
+      "config": dataclasses.asdict(cfg), "seed": seed})
   return {"seconds": seconds, "steps": cfg.num_steps}
+
+
+def is_trained(workdir: str, cfg: MAMLConfig, seed: int) -> bool:
+  """Whether ``workdir`` holds Conv-4 weights meta-trained with ``cfg`` and
+  ``seed`` (a readable file whose recorded config and seed match)."""
+  path = os.path.join(workdir, MAML_FILENAME)
+  if not os.path.exists(path):
+    return False
+  try:
+    _, metadata = load_maml(path)
+  except CheckpointError:
+    return False
+  return (metadata.get("config") == dataclasses.asdict(cfg)
+          and metadata.get("seed") == seed)
 
 
 def _load_learner(exp, cfg: MAMLConfig, workdir: str) -> MAMLLearner:
