@@ -253,6 +253,7 @@ def main(argv=None) -> dict:
                    "gflops_per_s": None, "fraction_of_matmul_peak": None,
                    "weights": count_params(prior.weight_mean)})
       print(f"{name}: {step:.4f} s", flush=True)
+      write_report(args.out, make_report(args, base_preset, peak, rows))
       continue
     opt = meta.MetaOptConfig(**opt_fields)
     compile_seconds, step = time_meta_step(prior, episodes, cfg, opt,
