@@ -717,14 +717,14 @@ def format_results(results: dict[str, Any]) -> str:
   partial = ([f"The prior is of meta-step {step} of {num_steps} "
               f"(a run stopped early with train.stop_at_step).", ""]
              if step is not None and num_steps and step < num_steps else [])
-  lines = partial + [f"Meta-test classes: {results['meta_test_classes']}, "
-           f"{results['queries_per_class']} queries per class; "
-           f"parameters = supernet weights used by the posterior predictive "
-           f"(the derived network has {results['derived_network_parameters']})."
-           , "",
-           "| method | protocol | query accuracy | 95% CI | adapt s/task "
-           "| parameters |",
-           "| --- | --- | --- | --- | --- | --- |"]
+  lines = partial + [
+      f"Meta-test classes: {results['meta_test_classes']}, "
+      f"{results['queries_per_class']} queries per class; parameters = "
+      f"supernet weights used by the posterior predictive (the derived "
+      f"network has {results['derived_network_parameters']}).", "",
+      "| method | protocol | query accuracy | 95% CI | adapt s/task "
+      "| parameters |",
+      "| --- | --- | --- | --- | --- | --- |"]
   for row in results["rows"]:
     lines.append(f"| {row['method']} | {row['protocol']} | "
                  f"{row['query_accuracy']:.3f} | ± {row['ci95']:.3f} | "
