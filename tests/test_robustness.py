@@ -105,6 +105,11 @@ def test_chunked_run_with_stop_at_step_matches_one_run(tmp_path):
   assert metadata["temperature"] == pytest.approx(
       float(experiment.schedule(2)))
   assert metadata["temperature"] > experiment.final_temperature
+  config = tiny_config(num_steps=4, stop_at_step=2)
+  config.evaluate.update(episodes=2, baselines=False)
+  results = train.evaluate(config, workdir)
+  assert (results["prior_step"], results["prior_num_steps"]) == (2, 4)
+  assert "meta-step 2 of 4" in open(os.path.join(workdir, "results.md")).read()
   resumed = train.meta_train(tiny_config(num_steps=4), workdir,
                              progress=False)
   straight = train.meta_train(tiny_config(num_steps=4),
