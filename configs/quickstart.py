@@ -56,7 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict(dict(
       num_steps=300, meta_batch_size=8, log_every=10, checkpoint_every=100,
-      prefetch=2))
+      prefetch=2,
+      # Meta-train in chunks: end this run at this step (0: num_steps); a
+      # later run with a larger value resumes from the checkpoint.
+      stop_at_step=0))
 
   # The MAML baseline: a Conv-4 meta-trained with (first-order) MAML on the
   # same tasks, scored on the same episodes (enable with maml.enabled=True).
