@@ -207,7 +207,7 @@ def _maml_config(section: Any):
   return config_utils.dataclass_from_config(maml.MAMLConfig, values, "maml")
 
 
-MAML_FILENAME = "maml_conv4.msgpack"  # = base.methods.maml.MAML_FILENAME
+MAML_FILENAME = "maml_conv4.msgpack"  # the MAML baseline's file in a workdir
 
 
 def meta_train_maml(exp: Experiment, workdir: str, seed: int,

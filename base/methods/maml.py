@@ -54,7 +54,7 @@ from base.evaluation import EpisodeScore, score_episodes
 from base.methods.api import Method, TaskResult
 from base.prior import restrict_classifier
 from base.meta import resolve_task_batching
-from base.train import episode_rng, fetch_finite_losses
+from base.train import MAML_FILENAME, episode_rng, fetch_finite_losses
 
 Weights = dict[str, Any]  # nested dict of arrays (nnx pure state dict)
 
@@ -582,8 +582,6 @@ def restrict_ways(weights: Weights, ways: int) -> Weights:
 
 # ----------------------------------------------------------------------------
 # The method interface (``config.method = "maml"``, ``base.compare``).
-
-MAML_FILENAME = "maml_conv4.msgpack"
 
 
 @dataclasses.dataclass
