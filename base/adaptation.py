@@ -32,6 +32,9 @@ from base.prior import SupernetDist
 from base.supernet import COMPUTE_DTYPES, apply_supernet
 
 
+INNER_NOISE = ("per_step", "per_task")
+
+
 @dataclasses.dataclass(frozen=True)
 class AdaptConfig:
   """Hyper-parameters of the posterior's inner optimisation (static).
@@ -55,6 +58,12 @@ class AdaptConfig:
       coordinate; ``base.single_path``); implies ``hard``.
     compute_dtype: "float32" or "bfloat16" (mixed precision: bf16 network
       compute, float32 master weights, logits and updates).
+    inner_noise: "per_step" draws fresh (α, w) noise for every inner step;
+      "per_task" draws it once per task and reuses it in all T steps
+      (common random numbers: the Gumbel noise is fixed, so with hard or
+      single-path samples the steps keep training the path the logits pick
+      instead of spreading T updates over many ops). The query term and
+      prediction always draw their own samples.
   """
   steps: int = 5
   lr_weights: float = 0.1
@@ -68,6 +77,7 @@ class AdaptConfig:
   unroll: bool = False
   single_path: bool = False
   compute_dtype: str = "float32"
+  inner_noise: str = "per_step"
 
   def __post_init__(self):
     if self.steps < 0:
@@ -82,6 +92,9 @@ class AdaptConfig:
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ConfigError(f"unknown adapt.compute_dtype {self.compute_dtype!r};"
                         f" expected one of {COMPUTE_DTYPES}")
+    if self.inner_noise not in INNER_NOISE:
+      raise ConfigError(f"unknown adapt.inner_noise {self.inner_noise!r};"
+                        f" expected one of {INNER_NOISE}")
 
   @property
   def hard_samples(self) -> bool:
@@ -146,6 +159,16 @@ def sample_logits(dist: SupernetDist, key: jax.Array, x: jax.Array,
                         compute_dtype=cfg.compute_dtype)
 
 
+def inner_step_keys(key: jax.Array, steps: int,
+                    cfg: AdaptConfig) -> jax.Array:
+  """The ``[steps]`` keys of the inner ELBO steps of one task: distinct, or
+  ``key`` repeated with ``cfg.inner_noise="per_task"``. Every execution of
+  the inner loop (fused, scanned, stepwise) takes its keys from here."""
+  if cfg.inner_noise == "per_task":
+    return jnp.broadcast_to(key, (steps,))
+  return jax.random.split(key, steps)
+
+
 def inner_update(q: SupernetDist, grads: SupernetDist,
                  cfg: AdaptConfig) -> SupernetDist:
   """One SGD step with the per-field learning rates."""
@@ -185,7 +208,7 @@ def adapt_posterior(prior: SupernetDist, key: jax.Array, support_x: jax.Array,
   zeros = TaskMetrics(*(jnp.zeros(()),) * 4)
   if steps == 0:
     return prior, zeros
-  keys = jax.random.split(key, steps)
+  keys = inner_step_keys(key, steps, cfg)
 
   def body(q, step_key):
     return inner_step(q, prior, step_key, support_x, support_y, temperature,

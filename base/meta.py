@@ -24,8 +24,8 @@ import optax
 from flax import struct
 
 from base.adaptation import (AdaptConfig, TaskMetrics, adapt_posterior,
-                             inner_step, mean_over_tasks, sample_noise,
-                             task_loss)
+                             inner_step, inner_step_keys, mean_over_tasks,
+                             sample_noise, task_loss)
 from base.data import Episode
 from base.errors import ConfigError
 from base.prior import SupernetDist
@@ -253,7 +253,7 @@ def task_meta_gradient_stepwise(prior: SupernetDist, episode: Episode,
   adapt_key, query_key = jax.random.split(key)
   q, support = prior, TaskMetrics(*(jnp.zeros(()),) * 4)
   if cfg.steps:
-    for step_key in jax.random.split(adapt_key, cfg.steps):
+    for step_key in inner_step_keys(adapt_key, cfg.steps, cfg):
       q, support = compiled_inner_step(q, prior, step_key, episode.support_x,
                                         episode.support_y, temperature,
                                         cfg=cfg)

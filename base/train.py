@@ -24,7 +24,8 @@ import tqdm
 
 from base import config_utils, distributions
 from base import prior as prior_lib
-from base.adaptation import AdaptConfig, accuracy, adapt_posterior, predict
+from base.adaptation import (AdaptConfig, accuracy, adapt_posterior,
+                             inner_step_keys, predict)
 from base.checkpoints import MetaCheckpointer
 from base.data import EpisodeSampler, load_omniglot_runs, make_task_families
 from base.data.prefetch import prefetch
@@ -353,7 +354,10 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
                                        sharding.task_mesh())
   metrics_writer = MetricsWriter(workdir)
   metrics_writer.truncate_after(start)
-  bar = tqdm.tqdm(total=exp.train.num_steps, initial=start, desc="meta-train",
+  # A chunk of a longer schedule (train.stop_at_step) counts to its own end.
+  desc = ("meta-train" if last == exp.train.num_steps
+          else f"meta-train (chunk of {exp.train.num_steps} steps)")
+  bar = tqdm.tqdm(total=last, initial=start, desc=desc,
                   disable=not progress, dynamic_ncols=True)
   pending, last_logged = [], None
   try:
@@ -431,7 +435,7 @@ def adapt_compiled(prior: SupernetDist, key: jax.Array, support_x: jax.Array,
                         cfg=cfg, steps=steps)
   from base.meta import compiled_inner_step
   q = prior
-  for step_key in jax.random.split(key, steps):
+  for step_key in inner_step_keys(key, steps, cfg):
     q, _ = compiled_inner_step(q, prior, step_key, support_x, support_y,
                                 temperature, cfg=cfg)
   return q

@@ -43,7 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
       eval_samples=4, unroll=False,
       # Only the sampled op of each edge runs (hard samples; GDAS gradient).
       single_path=False,
-      compute_dtype="float32"))  # "bfloat16": mixed precision
+      compute_dtype="float32",  # "bfloat16": mixed precision
+      # per_step: fresh (alpha, w) noise each inner step; per_task: one draw
+      # reused by all steps (a hard/single-path sample keeps its path).
+      inner_noise="per_step"))
 
   config.meta = ml_collections.ConfigDict(dict(
       lr_arch=3e-2, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0,

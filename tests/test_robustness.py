@@ -90,14 +90,16 @@ def test_unwritable_workdir_is_refused_at_start(tmp_path):
     train.meta_train(tiny_config(), str(blocker / "run"), progress=False)
 
 
-def test_chunked_run_with_stop_at_step_matches_one_run(tmp_path):
+def test_chunked_run_with_stop_at_step_matches_one_run(tmp_path, capsys):
   """Two chunks (stop at 2, then run on to 4) give one run's prior, and the
   chunk's prior records its step, the run's length and the temperature it
-  had reached on the run's schedule."""
+  had reached on the run's schedule; the chunk's progress bar counts to 2."""
   workdir = str(tmp_path / "chunked")
   first = train.meta_train(tiny_config(num_steps=4, stop_at_step=2), workdir,
-                           progress=False)
+                           progress=True)
   assert int(first.step) == 2
+  bar = capsys.readouterr().err
+  assert "meta-train (chunk of 4 steps)" in bar and "2/2" in bar, bar
   _, metadata = base.load_prior(os.path.join(workdir, "prior.msgpack"),
                                 return_metadata=True)
   experiment = train.build_experiment(tiny_config(num_steps=4))
