@@ -58,12 +58,14 @@ class AdaptConfig:
       coordinate; ``base.single_path``); implies ``hard``.
     compute_dtype: "float32" or "bfloat16" (mixed precision: bf16 network
       compute, float32 master weights, logits and updates).
-    inner_noise: "per_step" draws fresh (α, w) noise for every inner step;
-      "per_task" draws it once per task and reuses it in all T steps
-      (common random numbers: the Gumbel noise is fixed, so with hard or
-      single-path samples the steps keep training the path the logits pick
-      instead of spreading T updates over many ops). The query term and
-      prediction always draw their own samples.
+    inner_noise: "per_step" draws fresh (α, w) noise for every inner step
+      and for the query term; "per_task" draws it once per task and uses it
+      in all T steps and the query term (common random numbers: with hard
+      or single-path samples the task trains, and is scored on, the path
+      its logits pick, instead of spreading T updates over many ops and
+      scoring yet another). Prediction (:func:`predict`) always averages
+      fresh samples. Measured with single path (README): per_task helped on
+      Omniglot and hurt on digits, so per_step stays the default.
   """
   steps: int = 5
   lr_weights: float = 0.1
@@ -162,11 +164,22 @@ def sample_logits(dist: SupernetDist, key: jax.Array, x: jax.Array,
 def inner_step_keys(key: jax.Array, steps: int,
                     cfg: AdaptConfig) -> jax.Array:
   """The ``[steps]`` keys of the inner ELBO steps of one task: distinct, or
-  ``key`` repeated with ``cfg.inner_noise="per_task"``. Every execution of
+  ``key`` repeated when the noise is drawn per task. Every execution of
   the inner loop (fused, scanned, stepwise) takes its keys from here."""
   if cfg.inner_noise == "per_task":
     return jnp.broadcast_to(key, (steps,))
   return jax.random.split(key, steps)
+
+
+def task_keys(key: jax.Array,
+              cfg: AdaptConfig) -> tuple[jax.Array, jax.Array]:
+  """(adaptation key, query key) of one task's meta-loss; the same key
+  twice when the noise is drawn per task, so the query term scores the
+  sample the inner steps trained."""
+  adapt_key, query_key = jax.random.split(key)
+  if cfg.inner_noise == "per_task":
+    return adapt_key, adapt_key
+  return adapt_key, query_key
 
 
 def inner_update(q: SupernetDist, grads: SupernetDist,

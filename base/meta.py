@@ -25,7 +25,7 @@ from flax import struct
 
 from base.adaptation import (AdaptConfig, TaskMetrics, adapt_posterior,
                              inner_step, inner_step_keys, mean_over_tasks,
-                             sample_noise, task_loss)
+                             sample_noise, task_keys, task_loss)
 from base.data import Episode
 from base.errors import ConfigError
 from base.prior import SupernetDist
@@ -110,7 +110,7 @@ def task_meta_loss(prior: SupernetDist, episode: Episode, key: jax.Array,
                    temperature: jax.Array, cfg: AdaptConfig
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Meta-loss of one task: adapt on support, score q_T on the query set."""
-  adapt_key, query_key = jax.random.split(key)
+  adapt_key, query_key = task_keys(key, cfg)
   posterior, support = adapt_posterior(prior, adapt_key, episode.support_x,
                                        episode.support_y, temperature, cfg)
   loss, query = task_loss(posterior, prior, query_key, episode.query_x,
@@ -250,7 +250,7 @@ def task_meta_gradient_stepwise(prior: SupernetDist, episode: Episode,
   """
   if not cfg.first_order:
     raise ConfigError("stepwise meta-gradients need adapt.first_order=True")
-  adapt_key, query_key = jax.random.split(key)
+  adapt_key, query_key = task_keys(key, cfg)
   q, support = prior, TaskMetrics(*(jnp.zeros(()),) * 4)
   if cfg.steps:
     for step_key in inner_step_keys(adapt_key, cfg.steps, cfg):

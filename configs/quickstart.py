@@ -44,8 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
       # Only the sampled op of each edge runs (hard samples; GDAS gradient).
       single_path=False,
       compute_dtype="float32",  # "bfloat16": mixed precision
-      # per_step: fresh (alpha, w) noise each inner step; per_task: one draw
-      # reused by all steps (a hard/single-path sample keeps its path).
+      # per_step: fresh (alpha, w) noise each inner step and for the query;
+      # per_task: one draw for them all (a single-path sample keeps its path).
       inner_noise="per_step"))
 
   config.meta = ml_collections.ConfigDict(dict(

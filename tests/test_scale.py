@@ -16,7 +16,7 @@ import pytest
 from base import meta, sharding, supernet
 from base import prior as prior_lib
 from base.adaptation import (INNER_NOISE, AdaptConfig, adapt_posterior,
-                             inner_step_keys)
+                             task_keys)
 from base.data import Episode
 from base.errors import ConfigError
 from conftest import REPO_ROOT, tiny_spec
@@ -95,22 +95,26 @@ def test_single_path_adaptation_config_implies_hard_samples():
     AdaptConfig(compute_dtype="float16")
 
 
-def _ops_moved_per_edge(q, prior):
-  """For each (cell, edge): how many ops' weight means left the prior's."""
-  moved = {}
-  for cell, cell_weights in q.weight_mean["cells"].items():
+def _ops_touched_per_edge(tree, prior=None):
+  """For each (cell, edge): the ops whose weight-mean leaves are nonzero
+  (``prior`` given: differ from the prior's)."""
+  touched = {}
+  for cell, cell_weights in tree.weight_mean["cells"].items():
     for edge, edge_weights in cell_weights["edges"].items():
-      moved[cell, edge] = sum(
-          _max_diff(op_weights,
-                    prior.weight_mean["cells"][cell]["edges"][edge]["ops"][op])
-          > 0 for op, op_weights in edge_weights["ops"].items())
-  return moved
+      touched[cell, edge] = {
+          op for op, op_weights in edge_weights["ops"].items()
+          if _max_diff(op_weights, jax.tree.map(jnp.zeros_like, op_weights)
+                       if prior is None else
+                       prior.weight_mean["cells"][cell]["edges"][edge]["ops"][op])
+          > 0}
+  return touched
 
 
-def test_per_task_inner_noise_trains_one_path_per_task():
-  """With ``inner_noise="per_task"`` all single-path inner steps reuse one
-  Gumbel sample, so (logits held fixed) each edge trains exactly the op it
-  picked; with fresh noise per step the updates spread over several ops."""
+def test_per_task_noise_trains_and_scores_one_path_per_task():
+  """With ``inner_noise="per_task"`` the single-path inner steps and the
+  query term share one Gumbel sample: (logits held fixed) each edge trains
+  exactly the op it picked, and the meta-gradient reaches exactly those
+  ops. With fresh noise per step the updates spread over several ops."""
   spec = tiny_spec(primitives=("sep_conv_3x3", "dil_conv_3x3", "conv_3x3"),
                    num_nodes=2)
   prior = prior_lib.init_prior(spec, jax.random.key(0), 0.05)
@@ -119,15 +123,17 @@ def test_per_task_inner_noise_trains_one_path_per_task():
   for noise in INNER_NOISE:
     cfg = AdaptConfig(steps=6, lr_weights=1.0, lr_arch=0.0, single_path=True,
                       weight_posterior="point", inner_noise=noise)
+    adapt_key, _ = task_keys(jax.random.key(4), cfg)
     q, _ = jax.jit(adapt_posterior, static_argnames="cfg")(
-        prior, jax.random.key(4), episode.support_x, episode.support_y,
+        prior, adapt_key, episode.support_x, episode.support_y,
         jnp.float32(1.0), cfg=cfg)
-    moved[noise] = _ops_moved_per_edge(q, prior)
-  assert set(moved["per_task"].values()) == {1}, moved["per_task"]
-  assert max(moved["per_step"].values()) > 1, moved["per_step"]
-  keys = inner_step_keys(jax.random.key(0), 3,
-                         AdaptConfig(inner_noise="per_task"))
-  assert len({tuple(np.asarray(jax.random.key_data(k))) for k in keys}) == 1
+    moved[noise] = _ops_touched_per_edge(q, prior)
+    grads, _ = meta.task_meta_gradient(prior, episode, jax.random.key(4),
+                                       jnp.float32(1.0), cfg=cfg)
+    if noise == "per_task":
+      assert _ops_touched_per_edge(grads) == moved[noise]
+  assert {len(ops) for ops in moved["per_task"].values()} == {1}, moved
+  assert max(len(ops) for ops in moved["per_step"].values()) > 1, moved
   with pytest.raises(ConfigError, match="inner_noise"):
     AdaptConfig(inner_noise="per_epoch")
 
@@ -207,8 +213,7 @@ SHARDED_CHECK = textwrap.dedent("""
     sys.path[:0] = [{tests!r}, {root!r}]
     import jax, jax.numpy as jnp, numpy as np
     from base import meta, prior as prior_lib, sharding
-    from base.adaptation import (INNER_NOISE, AdaptConfig, adapt_posterior,
-                             inner_step_keys)
+    from base.adaptation import AdaptConfig
     from test_scale import SPEC, _episodes, _max_diff
     assert jax.device_count() == {devices}
     prior = prior_lib.init_prior(SPEC, jax.random.key(0), 0.05)
