@@ -18,13 +18,18 @@ from base.errors import ConfigError
 
 MODES = ("meta_train", "evaluate", "adapt", "transfer", "compare", "all")
 CACHE_ENV = "BASE_COMPILATION_CACHE"
+CACHE_MAX_BYTES = 8 << 30  # least recently used entries go beyond this
 
 
 def enable_compilation_cache() -> str | None:
   """Caches compiled XLA programs on disk across runs (CPU compiles are slow).
 
   The directory is ``$BASE_COMPILATION_CACHE`` (empty disables it), by
-  default ``~/.cache/base-jax/xla``.
+  default ``~/.cache/base-jax/xla``. A size limit is set because only then
+  does JAX guard the cache with a file lock: unlimited, it writes entries
+  in place unlocked, and a process reading an entry another one is still
+  writing (two launches, or pytest-xdist workers, sharing the cache) loads
+  a truncated executable; a test worker was seen to segfault so.
   """
   path = os.environ.get(CACHE_ENV,
                         os.path.expanduser("~/.cache/base-jax/xla"))
@@ -33,6 +38,7 @@ def enable_compilation_cache() -> str | None:
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
   return path
 
 

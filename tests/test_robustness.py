@@ -130,3 +130,24 @@ def test_stop_at_step_outside_the_run_is_refused(stop_at_step):
   with pytest.raises(base.ConfigError, match="train.stop_at_step"):
     train.build_experiment(tiny_config(num_steps=4,
                                        stop_at_step=stop_at_step))
+
+
+def test_compilation_cache_is_locked_for_concurrent_processes(tmp_path):
+  """The on-disk XLA cache is shared by concurrent processes (xdist workers,
+  two launches); JAX locks it only with a size limit set, and unlocked it
+  let a worker read an entry still being written and segfault."""
+  cache = tmp_path / "xla"
+  script = (
+      "import jax, jax.numpy as jnp\n"
+      "from base import cli\n"
+      "cli.enable_compilation_cache()\n"
+      "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+      "print(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).sum())\n")
+  env = dict(os.environ, BASE_COMPILATION_CACHE=str(cache))
+  for _ in range(2):  # a miss that writes, then a hit that reads
+    subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                   check=True, capture_output=True, timeout=120)
+  assert (cache / ".lockfile").exists()
+  assert any(path.name.endswith("-cache") for path in cache.iterdir()), (
+      sorted(path.name for path in cache.iterdir()))
+
