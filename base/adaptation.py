@@ -32,7 +32,7 @@ from base.prior import SupernetDist
 from base.supernet import COMPUTE_DTYPES, apply_supernet
 
 
-INNER_NOISE = ("per_step", "per_task")
+INNER_NOISE = ("auto", "per_step", "per_task")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +63,11 @@ class AdaptConfig:
       in all T steps and the query term (common random numbers: with hard
       or single-path samples the task trains, and is scored on, the path
       its logits pick, instead of spreading T updates over many ops and
-      scoring yet another). Prediction (:func:`predict`) always averages
-      fresh samples. Measured with single path (README): per_task helped on
-      Omniglot and hurt on digits, so per_step stays the default.
+      scoring yet another), and prediction after adaptation
+      (:func:`prediction_arch_key`) keeps that architecture noise and
+      averages over weight samples alone. "auto" (default): "per_task" with
+      hard or single-path samples, where it measured better (README),
+      "per_step" with relaxed ones.
   """
   steps: int = 5
   lr_weights: float = 0.1
@@ -79,7 +81,7 @@ class AdaptConfig:
   unroll: bool = False
   single_path: bool = False
   compute_dtype: str = "float32"
-  inner_noise: str = "per_step"
+  inner_noise: str = "auto"
 
   def __post_init__(self):
     if self.steps < 0:
@@ -101,6 +103,14 @@ class AdaptConfig:
   @property
   def hard_samples(self) -> bool:
     return self.hard or self.single_path
+
+  @property
+  def noise_per_task(self) -> bool:
+    """Whether one noise draw serves a task's inner steps, query term and
+    prediction (``inner_noise``, with "auto" resolved)."""
+    if self.inner_noise == "auto":
+      return self.hard_samples
+    return self.inner_noise == "per_task"
 
 
 class TaskMetrics(NamedTuple):
@@ -132,6 +142,12 @@ def task_loss(q: SupernetDist, prior: SupernetDist, key: jax.Array,
   return loss, TaskMetrics(loss, nll, accuracy, kl)
 
 
+def _arch_and_weight_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The keys of α's and of w's noise in the joint sample of ``key``."""
+  arch_key, weight_key = jax.random.split(key)
+  return arch_key, weight_key
+
+
 def sample_noise(dist: SupernetDist, key: jax.Array,
                  cfg: AdaptConfig) -> list[jax.Array] | None:
   """The weight noise that :func:`sample_logits` draws for ``key``.
@@ -143,16 +159,19 @@ def sample_noise(dist: SupernetDist, key: jax.Array,
   """
   if cfg.weight_posterior == "point":
     return None
-  _, weight_key = jax.random.split(key)
+  _, weight_key = _arch_and_weight_keys(key)
   return prior_lib.weight_noise(dist.weight_mean, weight_key)
 
 
 def sample_logits(dist: SupernetDist, key: jax.Array, x: jax.Array,
                   temperature: jax.Array, cfg: AdaptConfig,
-                  noise: list[jax.Array] | None = None) -> jax.Array:
+                  noise: list[jax.Array] | None = None,
+                  arch_key: jax.Array | None = None) -> jax.Array:
   """Logits of ``x`` under one joint sample of (α, w) from ``dist``
-  (``noise``: :func:`sample_noise` of ``key``, if already drawn)."""
-  arch_key, weight_key = jax.random.split(key)
+  (``noise``: :func:`sample_noise` of ``key``, if already drawn;
+  ``arch_key``: the α noise's key instead of ``key``'s)."""
+  own_arch_key, weight_key = _arch_and_weight_keys(key)
+  arch_key = own_arch_key if arch_key is None else arch_key
   arch = prior_lib.sample_arch(dist, arch_key, temperature, cfg.hard_samples)
   weights = prior_lib.sample_weights(dist, weight_key, cfg.weight_posterior,
                                      noise)
@@ -166,7 +185,7 @@ def inner_step_keys(key: jax.Array, steps: int,
   """The ``[steps]`` keys of the inner ELBO steps of one task: distinct, or
   ``key`` repeated when the noise is drawn per task. Every execution of
   the inner loop (fused, scanned, stepwise) takes its keys from here."""
-  if cfg.inner_noise == "per_task":
+  if cfg.noise_per_task:
     return jnp.broadcast_to(key, (steps,))
   return jax.random.split(key, steps)
 
@@ -177,9 +196,25 @@ def task_keys(key: jax.Array,
   twice when the noise is drawn per task, so the query term scores the
   sample the inner steps trained."""
   adapt_key, query_key = jax.random.split(key)
-  if cfg.inner_noise == "per_task":
+  if cfg.noise_per_task:
     return adapt_key, adapt_key
   return adapt_key, query_key
+
+
+def prediction_arch_key(adapt_key: jax.Array,
+                        cfg: AdaptConfig) -> jax.Array | None:
+  """The α noise :func:`predict` uses after adapting with ``adapt_key``.
+
+  With noise drawn per task (``AdaptConfig.noise_per_task``) it is the
+  task's own draw, the one its
+  inner steps trained and meta-training's query term scored, so a hard or
+  single-path prediction runs the path the weights were adapted on (fresh
+  paths picked ops whose weights the task never trained: measured worse,
+  see the README). Otherwise ``None``: fresh α noise per sample.
+  """
+  if not cfg.noise_per_task:
+    return None
+  return _arch_and_weight_keys(adapt_key)[0]
 
 
 def inner_update(q: SupernetDist, grads: SupernetDist,
@@ -237,15 +272,18 @@ def adapt_posterior(prior: SupernetDist, key: jax.Array, support_x: jax.Array,
 
 
 def predict(dist: SupernetDist, key: jax.Array, x: jax.Array,
-            temperature: jax.Array, cfg: AdaptConfig) -> jax.Array:
+            temperature: jax.Array, cfg: AdaptConfig,
+            arch_key: jax.Array | None = None) -> jax.Array:
   """Posterior predictive class probabilities ``[n, classes]``.
 
   Averages the softmax over ``cfg.eval_samples`` joint samples of (α, w),
-  the Monte Carlo Bayesian predictive.
+  the Monte Carlo Bayesian predictive. With ``arch_key`` (see
+  :func:`prediction_arch_key`) every sample shares that α noise and the
+  average is over w alone.
   """
   def one(sample_key):
-    return jax.nn.softmax(sample_logits(dist, sample_key, x, temperature, cfg),
-                          -1)
+    return jax.nn.softmax(sample_logits(dist, sample_key, x, temperature, cfg,
+                                        arch_key=arch_key), -1)
 
   probs = jax.lax.map(one, jax.random.split(key, cfg.eval_samples))
   return jnp.mean(probs, axis=0)

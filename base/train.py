@@ -25,7 +25,7 @@ import tqdm
 from base import config_utils, distributions
 from base import prior as prior_lib
 from base.adaptation import (AdaptConfig, accuracy, adapt_posterior,
-                             inner_step_keys, predict)
+                             inner_step_keys, predict, prediction_arch_key)
 from base.checkpoints import MetaCheckpointer
 from base.data import EpisodeSampler, load_omniglot_runs, make_task_families
 from base.data.prefetch import prefetch
@@ -442,8 +442,8 @@ def adapt_compiled(prior: SupernetDist, key: jax.Array, support_x: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _predict(dist, key, x, temperature, *, cfg):
-  return predict(dist, key, x, temperature, cfg)
+def _predict(dist, key, x, temperature, arch_key=None, *, cfg):
+  return predict(dist, key, x, temperature, cfg, arch_key)
 
 
 @dataclasses.dataclass
@@ -499,11 +499,14 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
                              temperature, cfg=cfg, steps=steps)
   jax.block_until_ready(posterior)
   seconds = time.perf_counter() - start
-  support_probs = _predict(posterior, eval_key, support_x, temperature, cfg=cfg)
+  arch_key = prediction_arch_key(adapt_key, cfg)
+  support_probs = _predict(posterior, eval_key, support_x, temperature,
+                           arch_key, cfg=cfg)
   query_accuracy = query_predictions = None
   if query_x is not None:
     query_x, query_y = check_task(prior.spec, query_x, query_y, "query")
-    query_probs = _predict(posterior, eval_key, query_x, temperature, cfg=cfg)
+    query_probs = _predict(posterior, eval_key, query_x, temperature,
+                           arch_key, cfg=cfg)
     query_predictions = np.asarray(jnp.argmax(query_probs, -1))
     if query_y is not None:
       query_accuracy = float(np.mean(query_predictions == np.asarray(query_y)))

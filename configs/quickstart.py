@@ -45,8 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
       single_path=False,
       compute_dtype="float32",  # "bfloat16": mixed precision
       # per_step: fresh (alpha, w) noise each inner step and for the query;
-      # per_task: one draw for them all (a single-path sample keeps its path).
-      inner_noise="per_step"))
+      # per_task: one draw for the task's steps, query and prediction (a
+      # single-path sample keeps its path); auto: per_task with hard samples.
+      inner_noise="auto"))
 
   config.meta = ml_collections.ConfigDict(dict(
       lr_arch=3e-2, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0,

@@ -15,8 +15,7 @@ import pytest
 
 from base import meta, sharding, supernet
 from base import prior as prior_lib
-from base.adaptation import (INNER_NOISE, AdaptConfig, adapt_posterior,
-                             task_keys)
+from base.adaptation import AdaptConfig, adapt_posterior, task_keys
 from base.data import Episode
 from base.errors import ConfigError
 from conftest import REPO_ROOT, tiny_spec
@@ -120,7 +119,7 @@ def test_per_task_noise_trains_and_scores_one_path_per_task():
   prior = prior_lib.init_prior(spec, jax.random.key(0), 0.05)
   episode = jax.tree.map(lambda a: jnp.asarray(a[0]), _episodes(1))
   moved = {}
-  for noise in INNER_NOISE:
+  for noise in ("per_step", "per_task"):
     cfg = AdaptConfig(steps=6, lr_weights=1.0, lr_arch=0.0, single_path=True,
                       weight_posterior="point", inner_noise=noise)
     adapt_key, _ = task_keys(jax.random.key(4), cfg)
@@ -136,9 +135,43 @@ def test_per_task_noise_trains_and_scores_one_path_per_task():
   assert max(len(ops) for ops in moved["per_step"].values()) > 1, moved
   with pytest.raises(ConfigError, match="inner_noise"):
     AdaptConfig(inner_noise="per_epoch")
+  # "auto": per task for hard samples, where it measured better.
+  assert AdaptConfig(single_path=True).noise_per_task
+  assert AdaptConfig(hard=True).noise_per_task
+  assert not AdaptConfig().noise_per_task
 
 
-@pytest.mark.parametrize("noise", INNER_NOISE)
+def test_per_task_prediction_runs_the_path_the_task_adapted():
+  """After per-task adaptation the predictive keeps the task's α noise: with
+  point weights every sample is then that one network, so the predictive
+  is its softmax; fresh α noise (per_step) would mix in other paths."""
+  from base import train
+  from base.adaptation import predict, prediction_arch_key, sample_logits
+  prior = prior_lib.init_prior(SPEC, jax.random.key(0), 0.05)
+  episode = jax.tree.map(lambda a: jnp.asarray(a[0]), _episodes(1))
+  cfg = AdaptConfig(steps=2, lr_weights=1.0, lr_arch=1.0, single_path=True,
+                    weight_posterior="point", eval_samples=3,
+                    inner_noise="per_task")
+  result = train.adapt(prior, episode.support_x, episode.support_y,
+                       episode.query_x, config=cfg, seed=5, derive=False)
+  adapt_key, eval_key = jax.random.split(jax.random.key(5))
+  temperature = jnp.float32(0.5)
+  arch_key = prediction_arch_key(adapt_key, cfg)
+  task_net = jax.nn.softmax(sample_logits(result.posterior, adapt_key,
+                                          episode.query_x, temperature, cfg))
+  probs = predict(result.posterior, eval_key, episode.query_x, temperature,
+                  cfg, arch_key)
+  np.testing.assert_allclose(probs, task_net, atol=1e-6)
+  np.testing.assert_array_equal(result.query_predictions,
+                                np.argmax(task_net, -1))
+  assert prediction_arch_key(
+      adapt_key, AdaptConfig(single_path=True, inner_noise="per_step")) is None
+  fresh = predict(result.posterior, eval_key, episode.query_x, temperature,
+                  cfg, None)
+  assert not np.allclose(fresh, task_net, atol=1e-3)
+
+
+@pytest.mark.parametrize("noise", ("per_step", "per_task"))
 def test_stepwise_meta_step_equals_the_fused_one(noise):
   prior = prior_lib.init_prior(SPEC, jax.random.key(0), 0.05)
   cfg = AdaptConfig(steps=2, lr_weights=1.0, lr_arch=1.0, inner_noise=noise)
@@ -158,7 +191,7 @@ def test_stepwise_meta_step_equals_the_fused_one(noise):
         AdaptConfig(first_order=False))
 
 
-@pytest.mark.parametrize("noise", INNER_NOISE)
+@pytest.mark.parametrize("noise", ("per_step", "per_task"))
 def test_stepwise_adaptation_equals_the_scanned_one(noise):
   from base import train
   prior = prior_lib.init_prior(SPEC, jax.random.key(0), 0.05)
