@@ -206,11 +206,11 @@ def prediction_arch_key(adapt_key: jax.Array,
   """The α noise :func:`predict` uses after adapting with ``adapt_key``.
 
   With noise drawn per task (``AdaptConfig.noise_per_task``) it is the
-  task's own draw, the one its
-  inner steps trained and meta-training's query term scored, so a hard or
-  single-path prediction runs the path the weights were adapted on (fresh
-  paths picked ops whose weights the task never trained: measured worse,
-  see the README). Otherwise ``None``: fresh α noise per sample.
+  task's own draw, the one its inner steps trained and meta-training's
+  query term scored, so a hard or single-path prediction runs the path the
+  weights were adapted on (fresh paths pick ops whose weights the task
+  never trained: measured worse, see the README). Otherwise ``None``:
+  fresh α noise per sample.
   """
   if not cfg.noise_per_task:
     return None
