@@ -708,12 +708,15 @@ def score_omniglot_runs_maml(weights: Any, exp: Experiment,
   from base.methods import maml
   runs = load_omniglot_runs(runs_path or None,
                             image_size=exp.train_family.image_shape[0])
-  weights = maml.restrict_ways(weights, runs.support_x.shape[1])
-  steps = exp.maml.eval_steps
+  # The compiled adaptation of the episode evaluation; eager maml_adapt ran
+  # its scan op by op, and reading that primitive back from the on-disk
+  # compilation cache crashed a test worker twice.
+  learner = maml.MAMLLearner(weights, exp.maml).restrict_ways(
+      runs.support_x.shape[1])
 
   def classify(support_x, support_y, query_x):
-    adapted = maml.maml_adapt(weights, support_x, support_y, exp.maml, steps)
-    return np.asarray(jnp.argmax(maml.apply_conv4(adapted, query_x), -1))
+    return learner.adapt_and_predict(support_x, support_y, query_x,
+                                     seed=0).query_predictions
 
   return score_runs(runs, classify)
 

@@ -91,9 +91,14 @@ class PoisonedFamily:
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-  """One on-disk XLA cache for the session (shared by xdist workers)."""
+  """An on-disk XLA cache per xdist worker, kept across sessions.
+
+  Not one shared by the workers: a worker reading an executable the other
+  wrote crashed (segfault in JAX's cache read) twice in full runs.
+  """
   from base import cli
+  worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
   os.environ.setdefault(cli.CACHE_ENV,
-                        str(REPO_ROOT / ".pytest_cache" / "xla"))
+                        str(REPO_ROOT / ".pytest_cache" / "xla" / worker))
   cli.enable_compilation_cache()
   yield
