@@ -28,8 +28,8 @@ def enable_compilation_cache() -> str | None:
   default ``~/.cache/base-jax/xla``. A size limit is set because only then
   does JAX guard the cache with a file lock: unlimited, it writes entries
   in place unlocked, and a process reading an entry another one is still
-  writing (two launches, or pytest-xdist workers, sharing the cache) loads
-  a truncated executable; a test worker was seen to segfault so.
+  writing (two launches, or pytest-xdist workers, sharing the cache) can
+  load a truncated executable.
   """
   path = os.environ.get(CACHE_ENV,
                         os.path.expanduser("~/.cache/base-jax/xla"))

@@ -93,8 +93,9 @@ class PoisonedFamily:
 def _compilation_cache(tmp_path_factory):
   """An on-disk XLA cache per xdist worker, kept across sessions.
 
-  Not one shared by the workers: a worker reading an executable the other
-  wrote crashed (segfault in JAX's cache read) twice in full runs.
+  Not one shared by the workers: with a shared one, a worker crashed
+  (segfault in JAX's cache read) in two full runs; the cause was not
+  pinned down, and separate caches take cross-worker reads out of play.
   """
   from base import cli
   worker = os.environ.get("PYTEST_XDIST_WORKER", "main")

@@ -133,9 +133,9 @@ def test_stop_at_step_outside_the_run_is_refused(stop_at_step):
 
 
 def test_compilation_cache_is_locked_for_concurrent_processes(tmp_path):
-  """The on-disk XLA cache is shared by concurrent processes (xdist workers,
-  two launches); JAX locks it only with a size limit set, and unlocked it
-  let a worker read an entry still being written and segfault."""
+  """The on-disk XLA cache is shared by concurrent processes (two
+  launches); JAX locks it only with a size limit set, and unlocked a
+  process can read an entry another is still writing."""
   cache = tmp_path / "xla"
   script = (
       "import jax, jax.numpy as jnp\n"
@@ -150,4 +150,3 @@ def test_compilation_cache_is_locked_for_concurrent_processes(tmp_path):
   assert (cache / ".lockfile").exists()
   assert any(path.name.endswith("-cache") for path in cache.iterdir()), (
       sorted(path.name for path in cache.iterdir()))
-
