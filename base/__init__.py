@@ -7,6 +7,8 @@ many tasks, then adapt it to a new task in a few ELBO steps::
   prior = base.load_prior("runs/quickstart/prior.msgpack")   # a JAX pytree
   result = base.adapt(prior, support_x, support_y)            # posterior
   print(result.genotype)                                      # discrete cell
+  labels = result.predict(new_images)   # more images of the task's classes
+  result.save("posterior.msgpack")      # base.load_adaptation reads it back
 """
 
 from base.adaptation import AdaptConfig
@@ -30,8 +32,9 @@ from base.prior import save_prior
 from base.supernet import SupernetSpec
 from base.supernet import apply_supernet
 from base.supernet import build_supernet
-from base.train import Adaptation
-from base.train import adapt
+from base.task_adaptation import Adaptation
+from base.task_adaptation import adapt
+from base.task_adaptation import load_adaptation
 from base.train import evaluate
 from base.train import meta_train
 
@@ -41,6 +44,6 @@ __all__ = [
     "RelaxedOneHotCategorical", "SupernetDist", "SupernetSpec", "adapt",
     "apply_supernet", "build_genotype_network", "build_supernet",
     "derive_genotype", "evaluate", "genotype_param_count", "gumbel_softmax",
-    "init_prior", "load_prior", "meta_step", "meta_train", "save_prior",
-    "temperature_schedule",
+    "init_prior", "load_adaptation", "load_prior", "meta_step", "meta_train",
+    "save_prior", "temperature_schedule",
 ]

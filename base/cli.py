@@ -12,6 +12,7 @@ from absl import logging
 from base import compare as compare_lib
 from base import plots
 from base import prior as prior_lib
+from base import task_adaptation
 from base import train
 from base import transfer as transfer_lib
 from base.errors import ConfigError
@@ -161,7 +162,7 @@ def result_temperature(metadata: dict[str, Any],
 
 
 def adapt_one_task(config: Any, workdir: str,
-                   experiment: train.Experiment) -> train.Adaptation:
+                   experiment: train.Experiment) -> task_adaptation.Adaptation:
   """Adapts the saved prior to one new meta-test task and reports it."""
   path = config.get("prior_path") or os.path.join(workdir,
                                                   train.PRIOR_FILENAME)
@@ -173,9 +174,10 @@ def adapt_one_task(config: Any, workdir: str,
   temperature = result_temperature(metadata, experiment)
   # Warm-up on the same shapes, so that the timed call below measures the
   # adaptation and not XLA compiling (or loading) the program.
-  train.adapt(prior, episode.support_x, episode.support_y, config=experiment.adapt,
-              temperature=temperature, steps=steps, derive=False)
-  result = train.adapt(
+  task_adaptation.adapt(prior, episode.support_x, episode.support_y,
+                        config=experiment.adapt, temperature=temperature,
+                        steps=steps, derive=False)
+  result = task_adaptation.adapt(
       prior, episode.support_x, episode.support_y, episode.query_x,
       episode.query_y, config=experiment.adapt,
       temperature=temperature, steps=steps, seed=seed)
@@ -190,17 +192,17 @@ def adapt_one_task(config: Any, workdir: str,
                        result.posterior.arch_logits)}
   for task in (2, 3):
     other = experiment.test_family.sample(np.random.default_rng(seed + task))
-    distributions[f"task {task} posterior"] = jax.device_get(train.adapt(
+    other_result = task_adaptation.adapt(
         prior, other.support_x, other.support_y, config=experiment.adapt,
-        temperature=temperature, steps=steps, seed=seed + task,
-        derive=False).posterior.arch_logits)
+        temperature=temperature, steps=steps, seed=seed + task, derive=False)
+    distributions[f"task {task} posterior"] = jax.device_get(
+        other_result.posterior.arch_logits)
   plots.save_arch_heatmap(distributions, prior.spec.primitives,
                           prior.spec.num_nodes,
                           os.path.join(workdir, "arch_distribution.png"))
   print(f"pictures: {os.path.join(workdir, 'adapted_cells.png')}, "
         f"{os.path.join(workdir, 'arch_distribution.png')}")
-  prior_lib.save_prior(os.path.join(workdir, "posterior.msgpack"),
-                       result.posterior,
-                       metadata={"adapted_from": os.path.abspath(path),
-                                 "query_accuracy": result.query_accuracy})
+  # With what the prediction needs: base.load_adaptation(...).predict(x).
+  result.save(os.path.join(workdir, "posterior.msgpack"),
+              metadata={"adapted_from": os.path.abspath(path)})
   return result

@@ -200,16 +200,18 @@ _sample_noise = jax.jit(sample_noise, static_argnames=("cfg",))
 
 
 def compiled_inner_step(q, prior, key, support_x, support_y, temperature, *,
-                        cfg):
+                        cfg, noise=None):
   """One ELBO step as its own program (stepwise meta-training, and
-  adaptation on CPU: ``base.train.adapt_compiled``).
+  adaptation on CPU: ``base.task_adaptation.adapt_compiled``).
 
   The weight noise is drawn by a separate program and passed in
   (``adaptation.sample_noise``): same values as :func:`inner_step` draws.
+  ``noise``: that draw for ``key``, when the caller already has it.
   """
+  if noise is None:
+    noise = _sample_noise(q, key, cfg=cfg)
   return _compiled_inner_step(q, prior, key, support_x, support_y,
-                              temperature, _sample_noise(q, key, cfg=cfg),
-                              cfg=cfg)
+                              temperature, noise, cfg=cfg)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -219,11 +221,36 @@ def _compiled_inner_step(q, prior, key, support_x, support_y, temperature,
                     noise)
 
 
+def stepwise_inner_loop(prior: SupernetDist, key: jax.Array,
+                        support_x: jax.Array, support_y: jax.Array,
+                        temperature: jax.Array, *, cfg: AdaptConfig,
+                        steps: int
+                        ) -> tuple[SupernetDist, TaskMetrics, Any]:
+  """``adapt_posterior`` as ``steps`` calls of :func:`compiled_inner_step`.
+
+  Returns the posterior, the last step's metrics and the weight noise of
+  the task's own draw when the noise is drawn per task (else ``None``).
+  That draw depends on the key alone (the standard-normal ε of the
+  reparameterisation), so with per-task noise it is drawn once here and
+  reused by every step and by the query term, instead of once per call.
+  """
+  q, metrics = prior, TaskMetrics(*(jnp.zeros(()),) * 4)
+  task_noise = (_sample_noise(prior, key, cfg=cfg)
+                if cfg.noise_per_task and steps else None)
+  for step_key in (inner_step_keys(key, steps, cfg) if steps else ()):
+    q, metrics = compiled_inner_step(q, prior, step_key, support_x,
+                                     support_y, temperature, cfg=cfg,
+                                     noise=task_noise)
+  return q, metrics, task_noise
+
+
 def _query_meta_gradient(q, prior, key, query_x, query_y, temperature, *, cfg,
-                         num_examples):
+                         num_examples, noise=None):
+  if noise is None:
+    noise = _sample_noise(q, key, cfg=cfg)
   return _query_meta_gradient_program(
-      q, prior, key, query_x, query_y, temperature,
-      _sample_noise(q, key, cfg=cfg), cfg=cfg, num_examples=num_examples)
+      q, prior, key, query_x, query_y, temperature, noise, cfg=cfg,
+      num_examples=num_examples)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_examples"))
@@ -251,15 +278,14 @@ def task_meta_gradient_stepwise(prior: SupernetDist, episode: Episode,
   if not cfg.first_order:
     raise ConfigError("stepwise meta-gradients need adapt.first_order=True")
   adapt_key, query_key = task_keys(key, cfg)
-  q, support = prior, TaskMetrics(*(jnp.zeros(()),) * 4)
-  if cfg.steps:
-    for step_key in inner_step_keys(adapt_key, cfg.steps, cfg):
-      q, support = compiled_inner_step(q, prior, step_key, episode.support_x,
-                                        episode.support_y, temperature,
-                                        cfg=cfg)
+  q, support, task_noise = stepwise_inner_loop(
+      prior, adapt_key, episode.support_x, episode.support_y, temperature,
+      cfg=cfg, steps=cfg.steps)
+  # Per-task noise: the query key is the adaptation key, so the same draw.
   grads, query = _query_meta_gradient(
       q, prior, query_key, episode.query_x, episode.query_y, temperature,
-      cfg=cfg, num_examples=int(episode.support_x.shape[0]))
+      cfg=cfg, num_examples=int(episode.support_x.shape[0]),
+      noise=task_noise)
   return grads, _metrics(support, query)
 
 

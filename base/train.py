@@ -1,15 +1,15 @@
-"""Meta-training, adaptation and evaluation loops around the compiled steps.
+"""Meta-training and evaluation loops around the compiled steps.
 
 ``launch.py`` dispatches here; notebooks and tests call the same functions.
 Everything inside the loops that touches arrays is a jitted pure function
-(``base.meta.meta_step``, :func:`adapt_and_score`); this module only samples
-episodes, schedules the temperature, logs, checkpoints and reports.
+(``base.meta.meta_step``; adaptation to one task in
+``base.task_adaptation``); this module only samples episodes, schedules the
+temperature, logs, checkpoints and reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -17,26 +17,25 @@ import time
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorboardX
 import tqdm
 
 from base import config_utils, distributions
 from base import prior as prior_lib
-from base.adaptation import (AdaptConfig, accuracy, adapt_posterior,
-                             inner_step_keys, predict, prediction_arch_key)
+from base.adaptation import AdaptConfig
 from base.checkpoints import MetaCheckpointer
 from base.data import EpisodeSampler, load_omniglot_runs, make_task_families
 from base.data.prefetch import prefetch
 from base.errors import BaseUserError, ConfigError
 from base.evaluation import (EpisodeScore, format_runs_table, parse_protocol,
                              score_episodes, score_runs)
-from base.genotype import Genotype, derive_genotype, genotype_param_count
+from base.genotype import genotype_param_count
 from base.meta import MetaOptConfig, MetaState, init_meta_state, meta_step
 from base.sharding import sample_task_batch
 from base.prior import SupernetDist
 from base.supernet import SupernetSpec, count_params
+from base.task_adaptation import adapt
 
 PRIOR_FILENAME = "prior.msgpack"
 METRICS_FILENAME = "metrics.jsonl"
@@ -408,138 +407,6 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
                 "adapt": dataclasses.asdict(exp.adapt),
                 "last_metrics": last_logged})
   return state
-
-
-# ----------------------------------------------------------------------------
-# Adaptation to new tasks.
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "steps"))
-def _adapt_fused(prior, key, support_x, support_y, temperature, *, cfg, steps):
-  return adapt_posterior(prior, key, support_x, support_y, temperature, cfg,
-                         steps)[0]
-
-
-def adapt_compiled(prior: SupernetDist, key: jax.Array, support_x: jax.Array,
-                   support_y: jax.Array, temperature: jax.Array, *,
-                   cfg: AdaptConfig, steps: int) -> SupernetDist:
-  """``adapt_posterior`` run the way this backend runs it fastest.
-
-  On CPU: the compiled single ELBO step of meta-training, called ``steps``
-  times (the same program, so adapting after meta-training compiles
-  nothing; XLA:CPU ran a scan over steps ~3x slower). Elsewhere: all steps in
-  one program (``lax.scan``). Both give the same posterior (same keys).
-  """
-  if jax.default_backend() != "cpu" or steps == 0:
-    return _adapt_fused(prior, key, support_x, support_y, temperature,
-                        cfg=cfg, steps=steps)
-  from base.meta import compiled_inner_step
-  q = prior
-  for step_key in inner_step_keys(key, steps, cfg):
-    q, _ = compiled_inner_step(q, prior, step_key, support_x, support_y,
-                                temperature, cfg=cfg)
-  return q
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _predict(dist, key, x, temperature, arch_key=None, *, cfg):
-  return predict(dist, key, x, temperature, cfg, arch_key)
-
-
-@dataclasses.dataclass
-class Adaptation:
-  """The result of adapting a prior to one task."""
-  posterior: SupernetDist
-  genotype: Genotype | None
-  support_accuracy: float
-  query_accuracy: float | None
-  edge_entropy: dict[str, np.ndarray]  # nats, per edge and cell type
-  seconds: float  # the adaptation alone (excludes prediction)
-  query_predictions: np.ndarray | None = None  # predicted query labels
-
-  def summary(self) -> str:
-    query = ("n/a" if self.query_accuracy is None
-             else f"{self.query_accuracy:.3f}")
-    entropy = {k: float(np.mean(v)) for k, v in self.edge_entropy.items()}
-    return (f"support accuracy {self.support_accuracy:.3f}, query accuracy "
-            f"{query}, mean edge entropy {entropy} nats, "
-            f"{self.seconds:.2f} s\ngenotype: {self.genotype}")
-
-
-def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
-          query_x: Any = None, query_y: Any = None, *,
-          config: AdaptConfig | None = None, temperature: float = 0.5,
-          steps: int | None = None, seed: int = 0,
-          derive: bool = True) -> Adaptation:
-  """Adapts ``prior`` to one task; returns posterior, genotype and metrics.
-
-  Args:
-    prior: a meta-learned (or any) :class:`SupernetDist`.
-    support_x: ``[n, H, W, C]`` images, float in [0, 1]; support_y: ``[n]``
-      labels in ``0..num_classes-1``.
-    query_x, query_y: optional held-out images of the same classes, to
-      predict (``query_predictions``) and, with labels, to score.
-    config: the inner optimisation (default ``AdaptConfig()``).
-    temperature: Gumbel-softmax temperature (use the prior's final one).
-    steps: ELBO steps (default ``config.steps``).
-    seed: seeds the posterior's samples.
-    derive: derive the genotype (skip it in tight evaluation loops).
-  """
-  cfg = config or AdaptConfig()
-  steps = cfg.steps if steps is None else steps
-  support_x, support_y = check_task(prior.spec, support_x, support_y,
-                                     "support")
-  if query_y is not None and query_x is None:
-    raise ConfigError("query_y was given without query_x")
-  key = jax.random.key(seed)
-  adapt_key, eval_key = jax.random.split(key)
-  temperature = jnp.float32(temperature)
-  start = time.perf_counter()
-  posterior = adapt_compiled(prior, adapt_key, support_x, support_y,
-                             temperature, cfg=cfg, steps=steps)
-  jax.block_until_ready(posterior)
-  seconds = time.perf_counter() - start
-  arch_key = prediction_arch_key(adapt_key, cfg)
-  support_probs = _predict(posterior, eval_key, support_x, temperature,
-                           arch_key, cfg=cfg)
-  query_accuracy = query_predictions = None
-  if query_x is not None:
-    query_x, query_y = check_task(prior.spec, query_x, query_y, "query")
-    query_probs = _predict(posterior, eval_key, query_x, temperature,
-                           arch_key, cfg=cfg)
-    query_predictions = np.asarray(jnp.argmax(query_probs, -1))
-    if query_y is not None:
-      query_accuracy = float(np.mean(query_predictions == np.asarray(query_y)))
-  genotype = None
-  if derive:
-    genotype = derive_genotype(posterior.arch_logits, prior.spec.primitives,
-                               prior.spec.num_nodes)
-  entropy = jax.device_get(prior_lib.arch_entropy(posterior))
-  return Adaptation(posterior, genotype,
-                    float(accuracy(support_probs, support_y)), query_accuracy,
-                    entropy, seconds, query_predictions)
-
-
-def check_task(spec: SupernetSpec, x: Any, y: Any, name: str):
-  """Validated float32 images and int32 labels (``y`` may be None) of a task
-  for a supernet of ``spec``; ConfigError naming the problem otherwise."""
-  x = np.asarray(x)
-  if x.ndim != 4 or x.shape[-1] != spec.in_channels:
-    raise ConfigError(f"{name} images must be [n, H, W, {spec.in_channels}] "
-                      f"for this prior, got shape {x.shape}")
-  if not np.issubdtype(x.dtype, np.floating):
-    raise ConfigError(f"{name} images must be floats in [0, 1], got dtype "
-                      f"{x.dtype}")
-  if y is None:
-    return jnp.asarray(x, jnp.float32), None
-  y = np.asarray(y)
-  if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-    raise ConfigError(f"{name} labels must be {x.shape[0]} integers, got "
-                      f"shape {y.shape} dtype {y.dtype}")
-  if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
-    raise ConfigError(f"{name} labels must lie in 0..{spec.num_classes - 1}, "
-                      f"got {y.min()}..{y.max()}")
-  return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
 
 
 # ----------------------------------------------------------------------------

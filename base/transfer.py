@@ -22,6 +22,7 @@ from flax import nnx
 
 from base import config_utils, plots
 from base import prior as prior_lib
+from base import task_adaptation
 from base.data import EpisodeSampler, load_image_folder
 from base.errors import ConfigError
 from base.genotype import build_genotype_network, derive_genotype
@@ -105,10 +106,10 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
   logits, accuracies = [], []
   for task in range(cfg.adapt_tasks):
     episode = family.sample(rng)
-    result = train.adapt(task_prior, episode.support_x, episode.support_y,
-                         episode.query_x, episode.query_y,
-                         config=experiment.adapt, temperature=temperature,
-                         steps=steps, seed=cfg.seed + task, derive=False)
+    result = task_adaptation.adapt(
+        task_prior, episode.support_x, episode.support_y, episode.query_x,
+        episode.query_y, config=experiment.adapt, temperature=temperature,
+        steps=steps, seed=cfg.seed + task, derive=False)
     logits.append(jax.device_get(result.posterior.arch_logits))
     accuracies.append(result.query_accuracy)
   mean_logits = {k: np.mean([l[k] for l in logits], axis=0)

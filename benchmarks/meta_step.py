@@ -14,6 +14,9 @@ meta-step (``--rows``, comma-separated; default: every row of the preset):
   gradient in one compiled program (``lax.scan``);
 * ``vmap``: all tasks in one compiled program (the vectorised meta-step);
 * ``bf16``: mixed precision;
+* ``per_step_noise``: the default row with fresh (α, w) noise at every inner
+  step and for the query term (``adapt.inner_noise="per_step"``) instead of
+  the default's one draw per task for single-path samples;
 * ``tasks_x2``, ``steps_x2``, ``width_x2``, ``image_32``: the default row
   with twice the meta-batch, twice the inner steps, twice the channels, or
   32x32 images;
@@ -59,7 +62,7 @@ from base import prior as prior_lib
 from base.adaptation import AdaptConfig
 from base.data import Episode
 from base.supernet import SupernetSpec, count_params
-from base.train import adapt
+from base.task_adaptation import adapt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +102,8 @@ PRESETS = {
 }
 
 ROWS = ("default", "single_path", "soft", "loop_fused", "vmap", "bf16",
-        "tasks_x2", "steps_x2", "width_x2", "image_32", "adapt", "adapt_50")
+        "per_step_noise", "tasks_x2", "steps_x2", "width_x2", "image_32",
+        "adapt", "adapt_50")
 
 
 def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
@@ -182,6 +186,8 @@ def row_setup(name: str, preset: Preset, single_path_default: bool):
     opt_fields = dict(task_batching="vmap")
   elif name == "bf16":
     adapt_fields["compute_dtype"] = "bfloat16"
+  elif name == "per_step_noise":
+    adapt_fields["inner_noise"] = "per_step"
   elif name == "tasks_x2":
     preset = dataclasses.replace(preset, tasks=2 * preset.tasks)
   elif name == "steps_x2":
@@ -200,7 +206,8 @@ def describe(opt: meta.MetaOptConfig, cfg: AdaptConfig) -> str:
            if batching == "loop" else "")
   path = "single-path" if cfg.single_path else "soft"
   dtype = ", bf16" if cfg.compute_dtype == "bfloat16" else ""
-  return f"{batching}{inner}, {path}{dtype}"
+  noise = "noise per task" if cfg.noise_per_task else "noise per step"
+  return f"{batching}{inner}, {path}{dtype}, {noise}"
 
 
 def main(argv=None) -> dict:

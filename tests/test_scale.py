@@ -145,14 +145,14 @@ def test_per_task_prediction_runs_the_path_the_task_adapted():
   """After per-task adaptation the predictive keeps the task's α noise: with
   point weights every sample is then that one network, so the predictive
   is its softmax; fresh α noise (per_step) would mix in other paths."""
-  from base import train
+  from base import task_adaptation
   from base.adaptation import predict, prediction_arch_key, sample_logits
   prior = prior_lib.init_prior(SPEC, jax.random.key(0), 0.05)
   episode = jax.tree.map(lambda a: jnp.asarray(a[0]), _episodes(1))
   cfg = AdaptConfig(steps=2, lr_weights=1.0, lr_arch=1.0, single_path=True,
                     weight_posterior="point", eval_samples=3,
                     inner_noise="per_task")
-  result = train.adapt(prior, episode.support_x, episode.support_y,
+  result = task_adaptation.adapt(prior, episode.support_x, episode.support_y,
                        episode.query_x, config=cfg, seed=5, derive=False)
   adapt_key, eval_key = jax.random.split(jax.random.key(5))
   temperature = jnp.float32(0.5)
@@ -193,14 +193,14 @@ def test_stepwise_meta_step_equals_the_fused_one(noise):
 
 @pytest.mark.parametrize("noise", ("per_step", "per_task"))
 def test_stepwise_adaptation_equals_the_scanned_one(noise):
-  from base import train
+  from base import task_adaptation
   prior = prior_lib.init_prior(SPEC, jax.random.key(0), 0.05)
   episode = jax.tree.map(lambda a: jnp.asarray(a[0]), _episodes(1))
   cfg = AdaptConfig(steps=3, lr_weights=1.0, lr_arch=1.0, inner_noise=noise)
   args = (prior, jax.random.key(2), episode.support_x, episode.support_y,
           jnp.float32(1.0))
-  stepwise = train.adapt_compiled(*args, cfg=cfg, steps=3)
-  fused = train._adapt_fused(*args, cfg=cfg, steps=3)  # pylint: disable=protected-access
+  stepwise = task_adaptation.adapt_compiled(*args, cfg=cfg, steps=3)
+  fused = task_adaptation._adapt_fused(*args, cfg=cfg, steps=3)  # pylint: disable=protected-access
   assert _max_diff(stepwise, fused) < 1e-5
   assert _max_diff(stepwise, prior) > 1e-3
 

@@ -1,5 +1,6 @@
 """End to end on digits: meta-train, evaluate, resume, and bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -74,6 +75,48 @@ def test_adapt_returns_posterior_genotype_and_metrics(tmp_path):
     base.adapt(prior, episode.support_x[..., 0], episode.support_y)
   with pytest.raises(base.ConfigError, match="labels must lie in"):
     base.adapt(prior, episode.support_x, episode.support_y + 5)
+
+
+def test_a_saved_adaptation_predicts_new_images_as_the_adaptation_did(
+    tmp_path):
+  """Single path, noise per task: predictions after save/load run the path
+  the task trained (the adaptation's own samples), not fresh ones."""
+  experiment = train.build_experiment(tiny_config())
+  prior = base.init_prior(experiment.spec, jax.random.key(0), 0.05)
+  episode = experiment.test_family.sample(np.random.default_rng(1))
+  cfg = base.AdaptConfig(steps=2, single_path=True)
+  assert cfg.noise_per_task
+  result = base.adapt(prior, episode.support_x, episode.support_y,
+                      episode.query_x, episode.query_y, config=cfg,
+                      temperature=0.7, seed=3)
+  probs = result.predict_proba(episode.query_x)
+  assert probs.shape == (len(episode.query_y), experiment.spec.num_classes)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(result.predict(episode.query_x),
+                                result.query_predictions)
+  path = tmp_path / "posterior.msgpack"
+  result.save(path, metadata={"note": "task 1"})
+  loaded = base.load_adaptation(path)
+  np.testing.assert_array_equal(loaded.predict_proba(episode.query_x), probs)
+  assert (loaded.config, loaded.temperature, loaded.seed) == (cfg, 0.7, 3)
+  assert loaded.genotype == result.genotype
+  assert loaded.query_accuracy == result.query_accuracy
+  plain, metadata = base.load_prior(path, return_metadata=True)
+  assert _same_trees(plain.to_dict(), result.posterior.to_dict())
+  assert metadata["note"] == "task 1"
+  # Another seed's samples run other paths: the seed is what keeps them.
+  other = dataclasses.replace(loaded, seed=4)
+  assert not np.allclose(other.predict_proba(episode.query_x), probs,
+                         atol=1e-3)
+  with pytest.raises(base.ConfigError, match="images must be"):
+    loaded.predict(episode.query_x[..., 0])
+  base.save_prior(tmp_path / "prior.msgpack", prior)
+  with pytest.raises(base.CheckpointError, match="holds a prior"):
+    base.load_adaptation(tmp_path / "prior.msgpack")
+  base.save_prior(tmp_path / "bad.msgpack", prior,
+                  metadata={"adaptation": {"config": {"stepz": 1}}})
+  with pytest.raises(base.CheckpointError, match="malformed adaptation"):
+    base.load_adaptation(tmp_path / "bad.msgpack")
 
 
 def _launch(*args, cwd=REPO_ROOT):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from base import prior as prior_lib
+from base import task_adaptation
 from base.supernet import count_params
 from base.methods.api import Method, TaskResult
 
@@ -44,11 +45,10 @@ class BaseLearner:
 
   def adapt_and_predict(self, support_x, support_y, query_x, *,
                         seed: int) -> TaskResult:
-    from base import train
-    result = train.adapt(self.prior, support_x, support_y, query_x,
-                         config=self.adapt_config,
-                         temperature=self.temperature, steps=self.steps,
-                         seed=seed)
+    result = task_adaptation.adapt(self.prior, support_x, support_y, query_x,
+                                   config=self.adapt_config,
+                                   temperature=self.temperature,
+                                   steps=self.steps, seed=seed)
     return TaskResult(np.asarray(result.query_predictions),
                       result.support_accuracy, result.genotype)
 

@@ -101,6 +101,7 @@ from base.errors import CheckpointError, ConfigError
 from base.genotype import Genotype, derive_genotype
 from base.methods.api import Method, TaskResult, score_learner
 from base.prior import restrict_classifier
+from base.task_adaptation import check_task
 from base.supernet import (SupernetSpec, apply_supernet, count_params,
                            init_arch_logits, init_supernet_weights)
 
@@ -560,7 +561,6 @@ def build_library(exp: Any, cfg: WarmStartConfig, *, seed: int,
 
 
 def _checked_task(spec: SupernetSpec, x: Any, y: Any, name: str):
-  from base.train import check_task  # base.train imports the registry
   x, y = check_task(spec, x, y, name)
   return np.asarray(x), None if y is None else np.asarray(y)
 
