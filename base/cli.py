@@ -37,10 +37,41 @@ def enable_compilation_cache() -> str | None:
   if not path:
     return None
   os.makedirs(path, exist_ok=True)
+  complete_cache_access_times(path)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
   return path
+
+
+def complete_cache_access_times(path: str) -> int:
+  """Gives every entry of the XLA cache at ``path`` an access-time file.
+
+  With a size limit JAX's cache reads the ``<key>-atime`` file of every
+  entry whenever it stores a new one (to find the least recently used);
+  entries written without a limit (by earlier versions of this package, or
+  another program sharing the directory) have none, and then every store
+  fails with a warning and nothing new is cached. Each missing file gets
+  the entry's modification time. Returns how many were written.
+  """
+  import filelock  # pylint: disable=g-import-not-at-top
+  written = 0
+  with filelock.FileLock(os.path.join(path, ".lockfile")):
+    names = set(os.listdir(path))
+    for name in sorted(names):
+      if not name.endswith("-cache"):
+        continue
+      atime = name[:-len("-cache")] + "-atime"
+      if atime in names:
+        continue
+      try:
+        stamp = os.stat(os.path.join(path, name)).st_mtime_ns
+      except FileNotFoundError:  # evicted meanwhile by a process not locking
+        continue
+      with open(os.path.join(path, atime), "wb") as f:
+        f.write(stamp.to_bytes(8, "little"))
+      written += 1
+  return written
 
 
 def run(config: Any, workdir: str | None) -> None:

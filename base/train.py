@@ -355,7 +355,7 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
   metrics_writer.truncate_after(start)
   # A chunk of a longer schedule (train.stop_at_step) counts to its own end.
   desc = ("meta-train" if last == exp.train.num_steps
-          else f"meta-train (chunk of {exp.train.num_steps} steps)")
+          else f"meta-train (stops at step {last} of {exp.train.num_steps})")
   bar = tqdm.tqdm(total=last, initial=start, desc=desc,
                   disable=not progress, dynamic_ncols=True)
   pending, last_logged = [], None

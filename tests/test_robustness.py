@@ -99,7 +99,7 @@ def test_chunked_run_with_stop_at_step_matches_one_run(tmp_path, capsys):
                            progress=True)
   assert int(first.step) == 2
   bar = capsys.readouterr().err
-  assert "meta-train (chunk of 4 steps)" in bar and "2/2" in bar, bar
+  assert "meta-train (stops at step 2 of 4)" in bar and "2/2" in bar, bar
   _, metadata = base.load_prior(os.path.join(workdir, "prior.msgpack"),
                                 return_metadata=True)
   experiment = train.build_experiment(tiny_config(num_steps=4))
@@ -150,3 +150,24 @@ def test_compilation_cache_is_locked_for_concurrent_processes(tmp_path):
   assert (cache / ".lockfile").exists()
   assert any(path.name.endswith("-cache") for path in cache.iterdir()), (
       sorted(path.name for path in cache.iterdir()))
+
+
+def test_cache_entries_without_access_times_get_them(tmp_path):
+  """Entries cached without a size limit have no access-time file, and
+  with one JAX then fails every later store; enabling the cache adds them."""
+  from base import cli
+  cache = tmp_path / "xla"
+  cache.mkdir()
+  (cache / "jit_old-abc-cache").write_bytes(b"executable")
+  (cache / "jit_new-def-cache").write_bytes(b"executable")
+  (cache / "jit_new-def-atime").write_bytes((7).to_bytes(8, "little"))
+  assert cli.complete_cache_access_times(str(cache)) == 1
+  stamp = int.from_bytes((cache / "jit_old-abc-atime").read_bytes(), "little")
+  assert stamp == (cache / "jit_old-abc-cache").stat().st_mtime_ns
+  assert (cache / "jit_new-def-atime").read_bytes() == (7).to_bytes(8, "little")
+  assert cli.complete_cache_access_times(str(cache)) == 0
+  # JAX's own store now succeeds where it raised before.
+  from jax._src import lru_cache  # pylint: disable=g-import-not-at-top
+  store = lru_cache.LRUCache(str(cache), max_size=1 << 20)
+  store.put("jit_fresh-123", b"program")
+  assert (cache / "jit_fresh-123-cache").read_bytes() == b"program"
