@@ -68,13 +68,23 @@ def _task_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return adapt_key, eval_key
 
 
+def _task_predictive(posterior: SupernetDist, x: jax.Array, cfg: AdaptConfig,
+                     temperature: float, seed: int) -> np.ndarray:
+  """The predictive of checked images ``x`` under the samples of the
+  adaptation with ``seed`` (see :meth:`Adaptation.predict_proba`)."""
+  adapt_key, eval_key = _task_keys(seed)
+  return np.asarray(_predict(posterior, eval_key, x, jnp.float32(temperature),
+                             prediction_arch_key(adapt_key, cfg), cfg=cfg))
+
+
 @dataclasses.dataclass
 class Adaptation:
   """The result of adapting a prior to one task.
 
   ``config``, ``temperature`` and ``seed`` are what the posterior was
   adapted with; :meth:`predict` needs them to draw the adaptation's own
-  samples.
+  samples. ``steps``: the ELBO steps run (``config.steps`` unless
+  :func:`adapt` was told otherwise).
   """
   posterior: SupernetDist
   genotype: Genotype | None
@@ -86,6 +96,7 @@ class Adaptation:
   config: AdaptConfig = AdaptConfig()
   temperature: float = 0.5
   seed: int = 0
+  steps: int | None = None
 
   def summary(self) -> str:
     query = ("n/a" if self.query_accuracy is None
@@ -106,11 +117,8 @@ class Adaptation:
     pass the task's images together, not one at a time.
     """
     x, _ = check_task(self.posterior.spec, images, None, "images")
-    adapt_key, eval_key = _task_keys(self.seed)
-    return np.asarray(_predict(self.posterior, eval_key, x,
-                               jnp.float32(self.temperature),
-                               prediction_arch_key(adapt_key, self.config),
-                               cfg=self.config))
+    return _task_predictive(self.posterior, x, self.config, self.temperature,
+                            self.seed)
 
   def predict(self, images: Any) -> np.ndarray:
     """Predicted labels ``[n]`` of ``images`` (see :meth:`predict_proba`)."""
@@ -126,6 +134,7 @@ class Adaptation:
     """
     record = {"config": dataclasses.asdict(self.config),
               "temperature": float(self.temperature), "seed": int(self.seed),
+              "steps": self.steps,
               "support_accuracy": float(self.support_accuracy),
               "query_accuracy": self.query_accuracy,
               "seconds": float(self.seconds)}
@@ -159,6 +168,8 @@ def load_adaptation(path: str | os.PathLike) -> Adaptation:
     seconds = float(record["seconds"])
     query_accuracy = record["query_accuracy"]
     query_accuracy = None if query_accuracy is None else float(query_accuracy)
+    steps = record.get("steps")
+    steps = None if steps is None else int(steps)
   except (ConfigError, KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{path} has a malformed adaptation record: "
                           f"{type(e).__name__}: {e}") from None
@@ -168,7 +179,7 @@ def load_adaptation(path: str | os.PathLike) -> Adaptation:
                                  spec.num_nodes),
       support_accuracy, query_accuracy,
       jax.device_get(prior_lib.arch_entropy(posterior)), seconds,
-      config=config, temperature=temperature, seed=seed)
+      config=config, temperature=temperature, seed=seed, steps=steps)
 
 
 def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
@@ -202,23 +213,25 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
                              jnp.float32(temperature), cfg=cfg, steps=steps)
   jax.block_until_ready(posterior)
   seconds = time.perf_counter() - start
+  temperature = float(temperature)
+  support_accuracy = float(accuracy(
+      _task_predictive(posterior, support_x, cfg, temperature, seed),
+      support_y))
+  query_accuracy = query_predictions = None
+  if query_x is not None:
+    query_x, query_y = check_task(prior.spec, query_x, query_y, "query")
+    query_predictions = np.argmax(
+        _task_predictive(posterior, query_x, cfg, temperature, seed), -1)
+    if query_y is not None:
+      query_accuracy = float(np.mean(query_predictions == np.asarray(query_y)))
   genotype = None
   if derive:
     genotype = derive_genotype(posterior.arch_logits, prior.spec.primitives,
                                prior.spec.num_nodes)
-  result = Adaptation(posterior, genotype, 0.0, None,
-                      jax.device_get(prior_lib.arch_entropy(posterior)),
-                      seconds, config=cfg, temperature=float(temperature),
-                      seed=seed)
-  result.support_accuracy = float(accuracy(result.predict_proba(support_x),
-                                           support_y))
-  if query_x is not None:
-    query_x, query_y = check_task(prior.spec, query_x, query_y, "query")
-    result.query_predictions = result.predict(query_x)
-    if query_y is not None:
-      result.query_accuracy = float(np.mean(result.query_predictions
-                                            == np.asarray(query_y)))
-  return result
+  return Adaptation(posterior, genotype, support_accuracy, query_accuracy,
+                    jax.device_get(prior_lib.arch_entropy(posterior)),
+                    seconds, query_predictions, config=cfg,
+                    temperature=temperature, seed=seed, steps=steps)
 
 
 def check_task(spec: SupernetSpec, x: Any, y: Any, name: str):

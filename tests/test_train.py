@@ -98,7 +98,8 @@ def test_a_saved_adaptation_predicts_new_images_as_the_adaptation_did(
   result.save(path, metadata={"note": "task 1"})
   loaded = base.load_adaptation(path)
   np.testing.assert_array_equal(loaded.predict_proba(episode.query_x), probs)
-  assert (loaded.config, loaded.temperature, loaded.seed) == (cfg, 0.7, 3)
+  assert (loaded.config, loaded.temperature, loaded.seed, loaded.steps) == (
+      cfg, 0.7, 3, 2)
   assert loaded.genotype == result.genotype
   assert loaded.query_accuracy == result.query_accuracy
   plain, metadata = base.load_prior(path, return_metadata=True)
