@@ -77,6 +77,12 @@ def _task_predictive(posterior: SupernetDist, x: jax.Array, cfg: AdaptConfig,
                              prediction_arch_key(adapt_key, cfg), cfg=cfg))
 
 
+def _genotype_of(posterior: SupernetDist) -> Genotype:
+  """The discrete cells of a posterior's architecture logits."""
+  return derive_genotype(posterior.arch_logits, posterior.spec.primitives,
+                         posterior.spec.num_nodes)
+
+
 @dataclasses.dataclass
 class Adaptation:
   """The result of adapting a prior to one task.
@@ -173,11 +179,8 @@ def load_adaptation(path: str | os.PathLike) -> Adaptation:
   except (ConfigError, KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{path} has a malformed adaptation record: "
                           f"{type(e).__name__}: {e}") from None
-  spec = posterior.spec
   return Adaptation(
-      posterior, derive_genotype(posterior.arch_logits, spec.primitives,
-                                 spec.num_nodes),
-      support_accuracy, query_accuracy,
+      posterior, _genotype_of(posterior), support_accuracy, query_accuracy,
       jax.device_get(prior_lib.arch_entropy(posterior)), seconds,
       config=config, temperature=temperature, seed=seed, steps=steps)
 
@@ -224,11 +227,8 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
         _task_predictive(posterior, query_x, cfg, temperature, seed), -1)
     if query_y is not None:
       query_accuracy = float(np.mean(query_predictions == np.asarray(query_y)))
-  genotype = None
-  if derive:
-    genotype = derive_genotype(posterior.arch_logits, prior.spec.primitives,
-                               prior.spec.num_nodes)
-  return Adaptation(posterior, genotype, support_accuracy, query_accuracy,
+  return Adaptation(posterior, _genotype_of(posterior) if derive else None,
+                    support_accuracy, query_accuracy,
                     jax.device_get(prior_lib.arch_entropy(posterior)),
                     seconds, query_predictions, config=cfg,
                     temperature=temperature, seed=seed, steps=steps)

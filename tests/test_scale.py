@@ -153,7 +153,8 @@ def test_per_task_prediction_runs_the_path_the_task_adapted():
                     weight_posterior="point", eval_samples=3,
                     inner_noise="per_task")
   result = task_adaptation.adapt(prior, episode.support_x, episode.support_y,
-                       episode.query_x, config=cfg, seed=5, derive=False)
+                                 episode.query_x, config=cfg, seed=5,
+                                 derive=False)
   adapt_key, eval_key = jax.random.split(jax.random.key(5))
   temperature = jnp.float32(0.5)
   arch_key = prediction_arch_key(adapt_key, cfg)
