@@ -9,9 +9,13 @@ many tasks, then adapt it to a new task in a few ELBO steps::
   print(result.genotype)                                      # discrete cell
   labels = result.predict(new_images)   # more images of the task's classes
   result.save("posterior.msgpack")      # base.load_adaptation reads it back
+
+A task with k classes, fewer than the prior's N, adapts from
+``base.for_ways(prior, config, k)`` (the classifier cut, the rates scaled).
 """
 
 from base.adaptation import AdaptConfig
+from base.adaptation import for_ways
 from base.distributions import RelaxedOneHotCategorical
 from base.distributions import gumbel_softmax
 from base.distributions import temperature_schedule
@@ -43,7 +47,7 @@ __all__ = [
     "ConfigError", "DataError", "Genotype", "MetaOptConfig",
     "RelaxedOneHotCategorical", "SupernetDist", "SupernetSpec", "adapt",
     "apply_supernet", "build_genotype_network", "build_supernet",
-    "derive_genotype", "evaluate", "genotype_param_count", "gumbel_softmax",
-    "init_prior", "load_adaptation", "load_prior", "meta_step", "meta_train",
-    "save_prior", "temperature_schedule",
+    "derive_genotype", "evaluate", "for_ways", "genotype_param_count",
+    "gumbel_softmax", "init_prior", "load_adaptation", "load_prior",
+    "meta_step", "meta_train", "save_prior", "temperature_schedule",
 ]

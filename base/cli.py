@@ -11,8 +11,8 @@ from absl import logging
 
 from base import compare as compare_lib
 from base import plots
-from base import prior as prior_lib
 from base import task_adaptation
+from base.adaptation import for_ways
 from base import train
 from base import transfer as transfer_lib
 from base.errors import ConfigError
@@ -198,7 +198,8 @@ def adapt_one_task(config: Any, workdir: str,
   path = config.get("prior_path") or os.path.join(workdir,
                                                   train.PRIOR_FILENAME)
   prior, metadata = train.load_prior_for(experiment, path)
-  prior = prior_lib.restrict_ways(prior, experiment.test_family.num_ways)
+  prior, cfg = for_ways(prior, experiment.adapt,
+                        experiment.test_family.num_ways)
   seed = int(config.seed) + 7
   episode = experiment.test_family.sample(np.random.default_rng(seed))
   steps = experiment.evaluate.adapt_steps or experiment.adapt.steps
@@ -206,11 +207,11 @@ def adapt_one_task(config: Any, workdir: str,
   # Warm-up on the same shapes, so that the timed call below measures the
   # adaptation and not XLA compiling (or loading) the program.
   task_adaptation.adapt(prior, episode.support_x, episode.support_y,
-                        config=experiment.adapt, temperature=temperature,
+                        config=cfg, temperature=temperature,
                         steps=steps, derive=False)
   result = task_adaptation.adapt(
       prior, episode.support_x, episode.support_y, episode.query_x,
-      episode.query_y, config=experiment.adapt,
+      episode.query_y, config=cfg,
       temperature=temperature, steps=steps, seed=seed)
   print(f"adapted to a new {experiment.test_family.num_ways}-way task: "
         f"{result.summary()}")

@@ -195,7 +195,9 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
   Args:
     prior: a meta-learned (or any) :class:`SupernetDist`.
     support_x: ``[n, H, W, C]`` images, float in [0, 1]; support_y: ``[n]``
-      labels in ``0..num_classes-1``.
+      labels in ``0..num_classes-1``. For a task with k classes, fewer than
+      the prior's, pass ``base.for_ways(prior, config, k)`` instead (the
+      classifier cut to k units, the rates scaled to k ways).
     query_x, query_y: optional held-out images of the same classes, to
       predict (``query_predictions``) and, with labels, to score.
     config: the inner optimisation (default ``AdaptConfig()``).

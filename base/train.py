@@ -23,7 +23,7 @@ import tqdm
 
 from base import config_utils, distributions
 from base import prior as prior_lib
-from base.adaptation import AdaptConfig
+from base.adaptation import AdaptConfig, for_ways, rate_scale
 from base.checkpoints import MetaCheckpointer
 from base.data import EpisodeSampler, load_omniglot_runs, make_task_families
 from base.data.prefetch import prefetch
@@ -494,12 +494,14 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
                             exp.test_family.num_queries,
                             name=f"meta-test {protocol}")
     for name, (dist, k) in methods.items():
-      row = score_prior(prior_lib.restrict_ways(dist, ways), family,
-                        exp.adapt, temperature, steps=k,
+      task_dist, task_cfg = for_ways(dist, exp.adapt, ways)
+      row = score_prior(task_dist, family, task_cfg, temperature, steps=k,
                         episodes=ev.episodes, seed=ev.seed,
                         desc=f"{protocol}: {name}")
       row.update(method=name, protocol=protocol,
-                 parameters=supernet_parameters)
+                 parameters=supernet_parameters,
+                 adapt_rate_scale=rate_scale(exp.adapt, dist.spec.num_classes,
+                                             ways))
       rows.append(row)
     if maml_weights is not None:
       row = maml.score_maml(maml.restrict_ways(maml_weights, ways), family,
@@ -513,9 +515,10 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
       runs[MAML_METHOD] = score_omniglot_runs_maml(maml_weights, exp,
                                                    ev.runs_path)
   episode = exp.test_family.sample(np.random.default_rng(ev.seed))
-  adaptation = adapt(prior_lib.restrict_ways(prior, exp.test_family.num_ways),
+  task_prior, task_cfg = for_ways(prior, exp.adapt, exp.test_family.num_ways)
+  adaptation = adapt(task_prior,
                      episode.support_x, episode.support_y, episode.query_x,
-                     episode.query_y, config=exp.adapt,
+                     episode.query_y, config=task_cfg,
                      temperature=temperature, steps=steps, seed=ev.seed)
   spec = prior.spec
   results = {
@@ -555,10 +558,11 @@ def score_omniglot_runs(methods: dict[str, tuple[SupernetDist, int]],
   ways = runs.support_x.shape[1]
   results = {}
   for name, (dist, steps) in methods.items():
-    dist = prior_lib.restrict_ways(dist, ways)
+    dist, cfg = for_ways(dist, exp.adapt, ways)
 
-    def classify(support_x, support_y, query_x, dist=dist, steps=steps):
-      return adapt(dist, support_x, support_y, query_x, config=exp.adapt,
+    def classify(support_x, support_y, query_x, dist=dist, cfg=cfg,
+                 steps=steps):
+      return adapt(dist, support_x, support_y, query_x, config=cfg,
                    temperature=temperature, steps=steps,
                    derive=False).query_predictions
 

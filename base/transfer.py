@@ -23,6 +23,7 @@ from flax import nnx
 from base import config_utils, plots
 from base import prior as prior_lib
 from base import task_adaptation
+from base.adaptation import for_ways
 from base.data import EpisodeSampler, load_image_folder
 from base.errors import ConfigError
 from base.genotype import build_genotype_network, derive_genotype
@@ -96,7 +97,7 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
   load_seconds = time.perf_counter() - start
 
   ways = cfg.adapt_ways or min(prior.spec.num_classes, train_data.num_classes)
-  task_prior = prior_lib.restrict_ways(prior, ways)
+  task_prior, task_cfg = for_ways(prior, experiment.adapt, ways)
   family = EpisodeSampler(train_data, ways, cfg.adapt_shots, 1,
                           name="transfer tasks")
   temperature = float(metadata.get("temperature", 0.5))
@@ -108,7 +109,7 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
     episode = family.sample(rng)
     result = task_adaptation.adapt(
         task_prior, episode.support_x, episode.support_y, episode.query_x,
-        episode.query_y, config=experiment.adapt, temperature=temperature,
+        episode.query_y, config=task_cfg, temperature=temperature,
         steps=steps, seed=cfg.seed + task, derive=False)
     logits.append(jax.device_get(result.posterior.arch_logits))
     accuracies.append(result.query_accuracy)

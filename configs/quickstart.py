@@ -47,7 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
       # per_step: fresh (alpha, w) noise each inner step and for the query;
       # per_task: one draw for the task's steps, query and prediction (a
       # single-path sample keeps its path); auto: per_task with hard samples.
-      inner_noise="auto"))
+      inner_noise="auto",
+      # Tasks with N' < N ways (an N-way prior, restricted): rates x N'/N.
+      scale_rates_with_ways=True))
 
   config.meta = ml_collections.ConfigDict(dict(
       lr_arch=3e-2, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0,

@@ -65,3 +65,27 @@ def test_restrict_ways_keeps_the_first_output_units():
   np.testing.assert_allclose(part, full[:, :3], rtol=1e-6)
   with pytest.raises(ConfigError, match="cannot serve 7-way"):
     prior_lib.restrict_ways(prior, 7)
+
+
+def test_for_ways_scales_the_inner_rates_with_the_ways():
+  """A 6-way prior adapting to 3-way tasks: the classifier is cut and the
+  inner rates halve (the mean NLL gives each class row 1/N' of the
+  gradient, so unscaled steps on those rows would double); BASE's learner
+  (evaluation, comparison) goes through it."""
+  from base.adaptation import AdaptConfig, for_ways
+  from base.methods.base_method import BaseLearner
+  prior = prior_lib.init_prior(tiny_spec(num_classes=6), jax.random.key(0))
+  cfg = AdaptConfig(lr_weights=1.0, lr_arch=2.0, lr_log_std=0.1)
+  small, small_cfg = for_ways(prior, cfg, 3)
+  assert small.spec.num_classes == 3
+  assert (small_cfg.lr_weights, small_cfg.lr_arch,
+          small_cfg.lr_log_std) == pytest.approx((0.5, 1.0, 0.05))
+  assert small_cfg.steps == cfg.steps and small_cfg.beta == cfg.beta
+  assert for_ways(prior, cfg, 6) == (prior, cfg)
+  fixed = AdaptConfig(lr_weights=1.0, scale_rates_with_ways=False)
+  assert for_ways(prior, fixed, 3)[1] == fixed
+  learner = BaseLearner(prior, cfg, temperature=0.5, steps=2).restrict_ways(3)
+  assert learner.prior.spec.num_classes == 3
+  assert learner.adapt_config == small_cfg
+  with pytest.raises(ConfigError, match="cannot serve 7-way"):
+    for_ways(prior, cfg, 7)

@@ -207,6 +207,9 @@ def test_omniglot_config_runs_end_to_end(tmp_path):
   assert results["omniglot_runs"][train.MAML_METHOD]["items"] == 400
   for row in results["rows"]:
     assert 0.0 <= row["query_accuracy"] <= 1.0 and row["episodes"] == 2
+  # The 20-way prior adapts to 5-way episodes with its rates x 5/20.
+  assert [r.get("adapt_rate_scale") for r in results["rows"]] == [
+      1.0, None, 0.25, None]
   runs = results["omniglot_runs"]["base (meta-learned prior, adapted)"]
   assert runs["items"] == 400 and runs["runs"] == 20
   assert 0 <= runs["errors"] <= 400

@@ -17,6 +17,7 @@ import numpy as np
 
 from base import prior as prior_lib
 from base import task_adaptation
+from base.adaptation import for_ways
 from base.supernet import count_params
 from base.methods.api import Method, TaskResult
 
@@ -40,8 +41,8 @@ class BaseLearner:
     return count_params(self.prior.weight_mean)
 
   def restrict_ways(self, ways: int) -> "BaseLearner":
-    return dataclasses.replace(
-        self, prior=prior_lib.restrict_ways(self.prior, ways))
+    prior, adapt_config = for_ways(self.prior, self.adapt_config, ways)
+    return dataclasses.replace(self, prior=prior, adapt_config=adapt_config)
 
   def adapt_and_predict(self, support_x, support_y, query_x, *,
                         seed: int) -> TaskResult:
