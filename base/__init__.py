@@ -4,14 +4,17 @@ Meta-train a prior over DARTS-style architectures and their weights across
 many tasks, then adapt it to a new task in a few ELBO steps::
 
   import base
-  prior = base.load_prior("runs/quickstart/prior.msgpack")   # a JAX pytree
-  result = base.adapt(prior, support_x, support_y)            # posterior
+  prior, meta = base.load_prior("runs/quickstart/prior.msgpack",
+                                return_metadata=True)        # a JAX pytree
+  settings = base.saved_adaptation_settings(meta)  # rates, steps, temperature
+  result = base.adapt(prior, support_x, support_y, **settings)  # posterior
   print(result.genotype)                                      # discrete cell
   labels = result.predict(new_images)   # more images of the task's classes
   result.save("posterior.msgpack")      # base.load_adaptation reads it back
 
 A task with k classes, fewer than the prior's N, adapts from
-``base.for_ways(prior, config, k)`` (the classifier cut, the rates scaled).
+``base.for_ways(prior, settings["config"], k)`` (the classifier cut to k
+units, its inner rate scaled by k/N).
 """
 
 from base.adaptation import AdaptConfig
@@ -39,6 +42,7 @@ from base.supernet import build_supernet
 from base.task_adaptation import Adaptation
 from base.task_adaptation import adapt
 from base.task_adaptation import load_adaptation
+from base.task_adaptation import saved_adaptation_settings
 from base.train import evaluate
 from base.train import meta_train
 
@@ -49,5 +53,6 @@ __all__ = [
     "apply_supernet", "build_genotype_network", "build_supernet",
     "derive_genotype", "evaluate", "for_ways", "genotype_param_count",
     "gumbel_softmax", "init_prior", "load_adaptation", "load_prior",
-    "meta_step", "meta_train", "save_prior", "temperature_schedule",
+    "meta_step", "meta_train", "save_prior", "saved_adaptation_settings",
+    "temperature_schedule",
 ]

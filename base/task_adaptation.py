@@ -185,6 +185,29 @@ def load_adaptation(path: str | os.PathLike) -> Adaptation:
       config=config, temperature=temperature, seed=seed, steps=steps)
 
 
+def saved_adaptation_settings(metadata: Mapping[str, Any]) -> dict[str, Any]:
+  """How a saved prior was meta-trained to adapt, as keywords of :func:`adapt`.
+
+  ``metadata`` is ``base.load_prior(path, return_metadata=True)[1]``. Returns
+  ``config`` (its ``AdaptConfig``: rates, steps, sampling), ``steps`` and
+  ``temperature`` (the Gumbel temperature meta-training reached), each only
+  if recorded, so that ``base.adapt(prior, x, y, **settings)`` adapts as
+  meta-training's inner loop did; :func:`adapt`'s own defaults
+  (``AdaptConfig()``, temperature 0.5) are generic, not this prior's.
+  Settings of a newer version that this one does not know are left out.
+  """
+  settings: dict[str, Any] = {}
+  recorded = metadata.get("adapt")
+  if isinstance(recorded, Mapping):
+    known = {f.name for f in dataclasses.fields(AdaptConfig)}
+    config = AdaptConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in recorded.items() if k in known})
+    settings.update(config=config, steps=config.steps)
+  if "temperature" in metadata:
+    settings["temperature"] = float(metadata["temperature"])
+  return settings
+
+
 def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
           query_x: Any = None, query_y: Any = None, *,
           config: AdaptConfig | None = None, temperature: float = 0.5,
@@ -197,7 +220,7 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
     support_x: ``[n, H, W, C]`` images, float in [0, 1]; support_y: ``[n]``
       labels in ``0..num_classes-1``. For a task with k classes, fewer than
       the prior's, pass ``base.for_ways(prior, config, k)`` instead (the
-      classifier cut to k units, the rates scaled to k ways).
+      classifier cut to k units, its rate scaled to k ways).
     query_x, query_y: optional held-out images of the same classes, to
       predict (``query_predictions``) and, with labels, to score.
     config: the inner optimisation (default ``AdaptConfig()``).

@@ -23,7 +23,7 @@ import tqdm
 
 from base import config_utils, distributions
 from base import prior as prior_lib
-from base.adaptation import AdaptConfig, for_ways, rate_scale
+from base.adaptation import AdaptConfig, for_ways
 from base.checkpoints import MetaCheckpointer
 from base.data import EpisodeSampler, load_omniglot_runs, make_task_families
 from base.data.prefetch import prefetch
@@ -500,8 +500,7 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
                         desc=f"{protocol}: {name}")
       row.update(method=name, protocol=protocol,
                  parameters=supernet_parameters,
-                 adapt_rate_scale=rate_scale(exp.adapt, dist.spec.num_classes,
-                                             ways))
+                 classifier_rate_scale=task_cfg.classifier_rate_scale)
       rows.append(row)
     if maml_weights is not None:
       row = maml.score_maml(maml.restrict_ways(maml_weights, ways), family,

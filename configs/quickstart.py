@@ -48,8 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
       # per_task: one draw for the task's steps, query and prediction (a
       # single-path sample keeps its path); auto: per_task with hard samples.
       inner_noise="auto",
-      # Tasks with N' < N ways (an N-way prior, restricted): rates x N'/N.
-      scale_rates_with_ways=True))
+      # Tasks with N' < N ways (an N-way prior, restricted): the
+      # classifier's rate x N'/N (base.adaptation.for_ways).
+      scale_rates_with_ways=True,
+      classifier_rate_scale=1.0))  # the classifier's rates / the others'
 
   config.meta = ml_collections.ConfigDict(dict(
       lr_arch=3e-2, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0,

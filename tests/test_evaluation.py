@@ -1,5 +1,7 @@
 """Evaluation protocols: the 20-run scorer, intervals, protocols, ways."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -67,25 +69,40 @@ def test_restrict_ways_keeps_the_first_output_units():
     prior_lib.restrict_ways(prior, 7)
 
 
-def test_for_ways_scales_the_inner_rates_with_the_ways():
-  """A 6-way prior adapting to 3-way tasks: the classifier is cut and the
-  inner rates halve (the mean NLL gives each class row 1/N' of the
-  gradient, so unscaled steps on those rows would double); BASE's learner
-  (evaluation, comparison) goes through it."""
-  from base.adaptation import AdaptConfig, for_ways
+def test_for_ways_scales_the_classifier_rate_with_the_ways():
+  """A 6-way prior adapting to 3-way tasks: the classifier is cut and its
+  inner rate halves (the mean NLL gives each class row 1/N' of the
+  gradient, so unscaled steps on those rows would double), while the body
+  and the logits keep theirs; BASE's learner (evaluation, comparison) goes
+  through it."""
+  import jax.numpy as jnp
+  from base.adaptation import AdaptConfig, for_ways, inner_update
   from base.methods.base_method import BaseLearner
   prior = prior_lib.init_prior(tiny_spec(num_classes=6), jax.random.key(0))
   cfg = AdaptConfig(lr_weights=1.0, lr_arch=2.0, lr_log_std=0.1)
   small, small_cfg = for_ways(prior, cfg, 3)
   assert small.spec.num_classes == 3
-  assert (small_cfg.lr_weights, small_cfg.lr_arch,
-          small_cfg.lr_log_std) == pytest.approx((0.5, 1.0, 0.05))
-  assert small_cfg.steps == cfg.steps and small_cfg.beta == cfg.beta
+  assert small_cfg == dataclasses.replace(cfg, classifier_rate_scale=0.5)
   assert for_ways(prior, cfg, 6) == (prior, cfg)
   fixed = AdaptConfig(lr_weights=1.0, scale_rates_with_ways=False)
   assert for_ways(prior, fixed, 3)[1] == fixed
+  # One step with unit gradients: the classifier moves half as far.
+  ones = jax.tree.map(jnp.ones_like, small)
+  moved = {}
+  for c in (cfg, small_cfg):
+    q = inner_update(small, ones, c)
+    moved[c] = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                            small.to_dict(), q.to_dict())
+  full, half = moved[cfg], moved[small_cfg]
+  for part in ("weight_mean", "weight_log_std"):
+    assert half[part]["classifier"]["kernel"] == pytest.approx(
+        full[part]["classifier"]["kernel"] / 2, rel=1e-4)
+    assert half[part]["stem"] == full[part]["stem"]
+  assert half["arch_logits"] == full["arch_logits"]
   learner = BaseLearner(prior, cfg, temperature=0.5, steps=2).restrict_ways(3)
   assert learner.prior.spec.num_classes == 3
   assert learner.adapt_config == small_cfg
   with pytest.raises(ConfigError, match="cannot serve 7-way"):
     for_ways(prior, cfg, 7)
+  with pytest.raises(ConfigError, match="classifier_rate_scale"):
+    AdaptConfig(classifier_rate_scale=-1.0)

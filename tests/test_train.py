@@ -38,6 +38,16 @@ def test_meta_training_beats_the_unadapted_random_init(tmp_path):
   assert json.load(open(tmp_path / "results.json"))["methods"] == rows
   genotype = base.Genotype.from_dict(results["example_genotype"])
   assert genotype.num_nodes == config.supernet.num_nodes
+  # The saved prior says how meta-training adapted: adapt(**settings) does so.
+  _, metadata = base.load_prior(tmp_path / "prior.msgpack",
+                                return_metadata=True)
+  settings = base.saved_adaptation_settings(metadata)
+  assert settings == {"config": train.build_experiment(config).adapt,
+                      "steps": config.adapt.steps,
+                      "temperature": results["temperature"]}
+  newer = {"adapt": {**metadata["adapt"], "a_later_field": 1}}
+  assert base.saved_adaptation_settings(newer)["config"] == settings["config"]
+  assert base.saved_adaptation_settings({}) == {}
 
 
 def test_resume_continues_from_the_saved_step(tmp_path):
@@ -207,8 +217,8 @@ def test_omniglot_config_runs_end_to_end(tmp_path):
   assert results["omniglot_runs"][train.MAML_METHOD]["items"] == 400
   for row in results["rows"]:
     assert 0.0 <= row["query_accuracy"] <= 1.0 and row["episodes"] == 2
-  # The 20-way prior adapts to 5-way episodes with its rates x 5/20.
-  assert [r.get("adapt_rate_scale") for r in results["rows"]] == [
+  # The 20-way prior adapts to 5-way episodes, its classifier's rate x 5/20.
+  assert [r.get("classifier_rate_scale") for r in results["rows"]] == [
       1.0, None, 0.25, None]
   runs = results["omniglot_runs"]["base (meta-learned prior, adapted)"]
   assert runs["items"] == 400 and runs["runs"] == 20
