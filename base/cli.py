@@ -12,9 +12,9 @@ from absl import logging
 from base import compare as compare_lib
 from base import plots
 from base import task_adaptation
-from base.adaptation import for_ways
 from base import train
 from base import transfer as transfer_lib
+from base.adaptation import for_ways
 from base.errors import ConfigError
 
 MODES = ("meta_train", "evaluate", "adapt", "transfer", "compare", "all")
