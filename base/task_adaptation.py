@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from base import config_utils
 from base import prior as prior_lib
 from base.adaptation import (AdaptConfig, accuracy, adapt_posterior, predict,
                              prediction_arch_key)
@@ -200,8 +201,9 @@ def saved_adaptation_settings(metadata: Mapping[str, Any]) -> dict[str, Any]:
   recorded = metadata.get("adapt")
   if isinstance(recorded, Mapping):
     known = {f.name for f in dataclasses.fields(AdaptConfig)}
-    config = AdaptConfig(**{k: tuple(v) if isinstance(v, list) else v
-                            for k, v in recorded.items() if k in known})
+    config = config_utils.dataclass_from_config(
+        AdaptConfig, {k: v for k, v in recorded.items() if k in known},
+        "adapt")
     settings.update(config=config, steps=config.steps)
   if "temperature" in metadata:
     settings["temperature"] = float(metadata["temperature"])
