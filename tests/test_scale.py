@@ -117,17 +117,18 @@ def test_per_task_noise_trains_and_scores_one_path_per_task():
   spec = tiny_spec(primitives=("sep_conv_3x3", "dil_conv_3x3", "conv_3x3"))
   prior = prior_lib.init_prior(spec, jax.random.key(0), 0.05)
   episode = jax.tree.map(lambda a: jnp.asarray(a[0]), _episodes(1))
-  moved = {}
+  moved, cfgs = {}, {}
   for noise in ("per_step", "per_task"):
-    cfg = AdaptConfig(steps=3, lr_weights=1.0, lr_arch=0.0, single_path=True,
-                      weight_posterior="point", inner_noise=noise)
+    cfg = cfgs[noise] = AdaptConfig(
+        steps=3, lr_weights=1.0, lr_arch=0.0, single_path=True,
+        weight_posterior="point", inner_noise=noise)
     adapt_key, _ = task_keys(jax.random.key(4), cfg)
     q, _ = jax.jit(adapt_posterior, static_argnames="cfg")(
         prior, adapt_key, episode.support_x, episode.support_y,
         jnp.float32(1.0), cfg=cfg)
     moved[noise] = _ops_touched_per_edge(q, prior)
   grads, _ = meta.task_meta_gradient(prior, episode, jax.random.key(4),
-                                     jnp.float32(1.0), cfg=cfg)
+                                     jnp.float32(1.0), cfg=cfgs["per_task"])
   assert _ops_touched_per_edge(grads) == moved["per_task"]
   assert {len(ops) for ops in moved["per_task"].values()} == {1}, moved
   assert max(len(ops) for ops in moved["per_step"].values()) > 1, moved
