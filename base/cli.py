@@ -186,12 +186,6 @@ def run_method(experiment: train.Experiment, modes: list[str],
         f.write(result.genotype.to_json(indent=2))
 
 
-def result_temperature(metadata: dict[str, Any],
-                       experiment: train.Experiment) -> float:
-  """The temperature a prior was meta-trained down to (stored with it)."""
-  return float(metadata.get("temperature", experiment.final_temperature))
-
-
 def adapt_one_task(config: Any, workdir: str,
                    experiment: train.Experiment) -> task_adaptation.Adaptation:
   """Adapts the saved prior to one new meta-test task and reports it."""
@@ -203,7 +197,7 @@ def adapt_one_task(config: Any, workdir: str,
   seed = int(config.seed) + 7
   episode = experiment.test_family.sample(np.random.default_rng(seed))
   steps = experiment.evaluate.adapt_steps or experiment.adapt.steps
-  temperature = result_temperature(metadata, experiment)
+  temperature = experiment.prior_temperature(metadata)
   # Warm-up on the same shapes, so that the timed call below measures the
   # adaptation and not XLA compiling (or loading) the program.
   task_adaptation.adapt(prior, episode.support_x, episode.support_y,

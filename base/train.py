@@ -154,6 +154,15 @@ class Experiment(NamedTuple):
   def final_temperature(self) -> float:
     return float(self.schedule(self.train.num_steps))
 
+  def prior_temperature(self, metadata: dict[str, Any]) -> float:
+    """The Gumbel temperature to adapt a saved prior at.
+
+    The one its meta-training reached (stored in ``metadata``, also by a run
+    stopped early), else, for a prior saved without it, this experiment's
+    schedule's final temperature.
+    """
+    return float(metadata.get("temperature", self.final_temperature))
+
 
 def build_experiment(config: Any) -> Experiment:
   """Validates ``config`` and loads its data; raises one-line user errors."""
@@ -469,7 +478,7 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
       workdir, PRIOR_FILENAME)
   prior, metadata = load_prior_for(exp, path)
   ev = exp.evaluate
-  temperature = float(metadata.get("temperature", exp.final_temperature))
+  temperature = exp.prior_temperature(metadata)
   steps = ev.adapt_steps or exp.adapt.steps
   methods = {"base (meta-learned prior, adapted)": (prior, steps)}
   if ev.baselines:

@@ -100,7 +100,7 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
   task_prior, task_cfg = for_ways(prior, experiment.adapt, ways)
   family = EpisodeSampler(train_data, ways, cfg.adapt_shots, 1,
                           name="transfer tasks")
-  temperature = float(metadata.get("temperature", 0.5))
+  temperature = experiment.prior_temperature(metadata)
   steps = cfg.adapt_steps or experiment.adapt.steps
   rng = np.random.default_rng(cfg.seed)
   start = time.perf_counter()

@@ -111,6 +111,12 @@ def test_chunked_run_with_stop_at_step_matches_one_run(tmp_path, capsys):
   config.evaluate.update(episodes=2, baselines=False)
   results = train.evaluate(config, workdir)
   assert (results["prior_step"], results["prior_num_steps"]) == (2, 4)
+  # The chunk's prior adapts at the temperature it reached, not the run's
+  # final one (that is only the fallback for a prior saved without it).
+  assert results["temperature"] == pytest.approx(metadata["temperature"])
+  assert experiment.prior_temperature(metadata) == pytest.approx(
+      metadata["temperature"])
+  assert experiment.prior_temperature({}) == experiment.final_temperature
   assert "meta-step 2 of 4" in open(os.path.join(workdir, "results.md")).read()
   resumed = train.meta_train(tiny_config(num_steps=4), workdir,
                              progress=False)

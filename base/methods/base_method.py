@@ -72,8 +72,7 @@ def load_learner(exp, cfg: BaseMethodConfig, workdir: str) -> BaseLearner:
   path = exp.config.get("prior_path") or os.path.join(workdir,
                                                       train.PRIOR_FILENAME)
   prior, metadata = train.load_prior_for(exp, path)
-  temperature = float(metadata.get("temperature", exp.final_temperature))
-  return BaseLearner(prior, exp.adapt, temperature,
+  return BaseLearner(prior, exp.adapt, exp.prior_temperature(metadata),
                      exp.evaluate.adapt_steps or exp.adapt.steps)
 
 
