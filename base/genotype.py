@@ -169,6 +169,11 @@ def derive_genotype(arch_logits: Mapping[str, Any],
                   edges_per_node=min(edges_per_node, 2))
 
 
+def genotype_of(spec: SupernetSpec, arch_logits: Mapping[str, Any]) -> Genotype:
+  """:func:`derive_genotype` of logits over ``spec``'s operations and nodes."""
+  return derive_genotype(arch_logits, spec.primitives, spec.num_nodes)
+
+
 def build_genotype_network(genotype: Genotype, *, num_classes: int,
                            in_channels: int, channels: int, num_cells: int,
                            stem_multiplier: int = 3,

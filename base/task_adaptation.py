@@ -27,7 +27,7 @@ from base import prior as prior_lib
 from base.adaptation import (AdaptConfig, accuracy, adapt_posterior, predict,
                              prediction_arch_key)
 from base.errors import CheckpointError, ConfigError
-from base.genotype import Genotype, derive_genotype
+from base.genotype import Genotype, genotype_of
 from base.prior import SupernetDist
 from base.supernet import SupernetSpec
 
@@ -80,8 +80,7 @@ def _task_predictive(posterior: SupernetDist, x: jax.Array, cfg: AdaptConfig,
 
 def _genotype_of(posterior: SupernetDist) -> Genotype:
   """The discrete cells of a posterior's architecture logits."""
-  return derive_genotype(posterior.arch_logits, posterior.spec.primitives,
-                         posterior.spec.num_nodes)
+  return genotype_of(posterior.spec, posterior.arch_logits)
 
 
 @dataclasses.dataclass

@@ -26,7 +26,7 @@ from base import task_adaptation
 from base.adaptation import for_ways
 from base.data import EpisodeSampler, load_image_folder
 from base.errors import ConfigError
-from base.genotype import build_genotype_network, derive_genotype
+from base.genotype import build_genotype_network, genotype_of
 from base.standalone import (StandaloneTrainConfig, evaluate_classifier,
                              train_classifier)
 from base.supernet import count_params
@@ -115,8 +115,7 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
     accuracies.append(result.query_accuracy)
   mean_logits = {k: np.mean([l[k] for l in logits], axis=0)
                  for k in logits[0]}
-  genotype = derive_genotype(mean_logits, prior.spec.primitives,
-                             prior.spec.num_nodes)
+  genotype = genotype_of(prior.spec, mean_logits)
   adapt_seconds = time.perf_counter() - start
 
   network = build_genotype_network(

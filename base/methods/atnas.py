@@ -95,7 +95,7 @@ from base.data.episodes import check_count
 from base.errors import CheckpointError, ConfigError
 from base.evolution import (Encoding, evolve, random_population,
                             validate_encoding)
-from base.genotype import Genotype, derive_genotype
+from base.genotype import Genotype, genotype_of
 from base.methods.api import Method, TaskResult
 from base.prior import restrict_classifier
 from base.supernet import (CELL_TYPES, SupernetSpec, apply_supernet,
@@ -262,7 +262,7 @@ def encoding_to_genotype(encoding: Mapping[str, Any], spec: SupernetSpec,
       scale = 1.0 + scores
     one_hot = np.eye(spec.num_ops)[encoding[name]]
     logits[name] = one_hot * scale[:, None]
-  return derive_genotype(logits, spec.primitives, spec.num_nodes)
+  return genotype_of(spec, logits)
 
 
 def subnet_param_count(weights: Weights, encoding: Mapping[str, Any],

@@ -107,7 +107,7 @@ import tqdm
 from base import config_utils, serialization
 from base.data.episodes import check_count
 from base.errors import CheckpointError, ConfigError
-from base.genotype import Genotype, derive_genotype
+from base.genotype import Genotype, genotype_of
 from base.methods.api import Method, TaskResult
 from base.prior import restrict_classifier
 from base.supernet import (CELL_TYPES, SupernetSpec, apply_supernet,
@@ -797,8 +797,7 @@ class MetaNASLearner:
     scaled = {c: np.where(self.mask[c], np.asarray(arch_logits[c],
                                                    np.float64) / temperature,
                           PRUNED_LOGIT) for c in CELL_TYPES}
-    return derive_genotype(scaled, self.spec.primitives,
-                           self.spec.num_nodes)
+    return genotype_of(self.spec, scaled)
 
   def adapt_and_predict(self, support_x: Any, support_y: Any, query_x: Any,
                         *, seed: int) -> TaskResult:

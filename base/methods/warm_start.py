@@ -98,7 +98,7 @@ import tqdm
 from base import serialization
 from base import task_embedding as te
 from base.errors import CheckpointError, ConfigError
-from base.genotype import Genotype, derive_genotype
+from base.genotype import Genotype, genotype_of
 from base.methods.api import Method, TaskResult, score_learner
 from base.prior import restrict_classifier
 from base.task_adaptation import check_task
@@ -667,8 +667,7 @@ class WarmStartLearner:
 
   def genotype(self, arch_logits: Mapping[str, Any]) -> Genotype:
     """The DARTS genotype of searched logits."""
-    return derive_genotype(arch_logits, self.spec.primitives,
-                           self.spec.num_nodes)
+    return genotype_of(self.spec, arch_logits)
 
   def adapt_and_predict(self, support_x: np.ndarray, support_y: np.ndarray,
                         query_x: np.ndarray, *, seed: int) -> TaskResult:
