@@ -219,7 +219,7 @@ def adapt_one_task(config: Any, workdir: str,
   for task in (2, 3):
     other = experiment.test_family.sample(np.random.default_rng(seed + task))
     other_result = task_adaptation.adapt(
-        prior, other.support_x, other.support_y, config=experiment.adapt,
+        prior, other.support_x, other.support_y, config=cfg,
         temperature=temperature, steps=steps, seed=seed + task, derive=False)
     distributions[f"task {task} posterior"] = jax.device_get(
         other_result.posterior.arch_logits)
