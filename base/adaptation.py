@@ -28,6 +28,7 @@ import optax
 
 from base import prior as prior_lib
 from base.errors import ConfigError
+from base.genotype import GENOTYPE_RULES
 from base.prior import SupernetDist
 from base.supernet import COMPUTE_DTYPES, apply_supernet
 
@@ -73,6 +74,12 @@ class AdaptConfig:
       classifier's by N'/N for N'-way tasks (see there). False keeps them.
     classifier_rate_scale: factor on the weight rates (means and
       log-scales) of the linear classifier alone; :func:`for_ways` sets it.
+    genotype_rule: how the discrete genotype is read off the adapted logits
+      (``base.genotype.derive_genotype``): "darts" (each node's two strongest
+      edges, ``none`` excluded; the default) or "argmax" (each edge's most
+      probable op, ``none`` included: the path single-path sampling most
+      likely runs). Not part of the inner optimisation; kept here so that a
+      saved prior or adaptation derives its genotype as it was configured.
   """
   steps: int = 5
   lr_weights: float = 0.1
@@ -89,6 +96,7 @@ class AdaptConfig:
   inner_noise: str = "auto"
   scale_rates_with_ways: bool = True
   classifier_rate_scale: float = 1.0
+  genotype_rule: str = "darts"
 
   def __post_init__(self):
     if self.steps < 0:
@@ -109,6 +117,10 @@ class AdaptConfig:
     if self.inner_noise not in INNER_NOISE:
       raise ConfigError(f"unknown adapt.inner_noise {self.inner_noise!r};"
                         f" expected one of {INNER_NOISE}")
+    if self.genotype_rule not in GENOTYPE_RULES:
+      raise ConfigError(f"unknown adapt.genotype_rule "
+                        f"{self.genotype_rule!r}; expected one of "
+                        f"{GENOTYPE_RULES}")
 
   @property
   def hard_samples(self) -> bool:

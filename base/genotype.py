@@ -1,9 +1,9 @@
 """Discrete architectures: the Genotype type, its derivation, its network.
 
-A :class:`Genotype` says, for each cell type, which two edges each node keeps
+A :class:`Genotype` says, for each cell type, which edges each node keeps
 and which single operation each kept edge runs; it serialises to and from
 JSON. :func:`derive_genotype` turns architecture logits into the most probable
-genotype with the DARTS rule, and :func:`build_genotype_network` builds the
+genotype (with the DARTS rule, or each edge's mode, ``none`` included), and :func:`build_genotype_network` builds the
 standalone network (no mixed operations) that trains on its own.
 """
 
@@ -34,7 +34,9 @@ class Genotype:
       ``2 + j`` is node ``j``.
     normal_concat: state indices (>= 2) concatenated into the cell output.
     reduce, reduce_concat: the same for the reduction cell.
-    edges_per_node: how many edges each node keeps (2 in DARTS).
+    edges_per_node: how many edges each node lists (2 in DARTS). A
+      ``none`` edge is no edge (zero output, no weights): nodes with fewer
+      real inputs list ``("none", j)`` edges to fill up.
   """
   normal: tuple[Edge, ...]
   normal_concat: tuple[int, ...]
@@ -119,59 +121,108 @@ class Genotype:
   def __str__(self) -> str:
     def cell(name):
       return "; ".join(
-          f"n{i}<-" + "+".join(f"{op}({j})" for op, j in edges)
+          f"n{i}<-" + ("+".join(f"{op}({j})" for op, j in edges
+                                if op != "none") or "none")
           for i, edges in enumerate(self.node_edges(name)))
     return f"normal: {cell('normal')} | reduce: {cell('reduce')}"
 
 
+GENOTYPE_RULES = ("darts", "argmax")
+
+
+def _softmax_rows(logits: np.ndarray) -> np.ndarray:
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  return probs / probs.sum(-1, keepdims=True)
+
+
+def _darts_node_edges(node_probs: np.ndarray, primitives: tuple[str, ...],
+                      edges_per_node: int) -> list[Edge]:
+  """A node's ``edges_per_node`` strongest edges, each with its best op
+  other than ``none`` (the DARTS rule)."""
+  allowed = np.array([p != "none" for p in primitives])
+  probs = np.where(allowed, node_probs, -1.0)
+  strength = probs.max(-1)
+  keep = sorted(np.argsort(-strength, kind="stable")[
+      :min(edges_per_node, len(probs))])
+  return [(primitives[int(probs[j].argmax())], int(j)) for j in keep]
+
+
+def _argmax_node_edges(node_probs: np.ndarray,
+                       primitives: tuple[str, ...]) -> list[Edge]:
+  """Every edge of a node whose most probable op is not ``none``, with it."""
+  best = node_probs.argmax(-1)
+  return [(primitives[int(op)], int(j)) for j, op in enumerate(best)
+          if primitives[int(op)] != "none"]
+
+
 def derive_genotype(arch_logits: Mapping[str, Any],
                     primitives: Sequence[str], num_nodes: int,
-                    edges_per_node: int = 2) -> Genotype:
-  """The most probable genotype under architecture logits (the DARTS rule).
+                    edges_per_node: int = 2, rule: str = "darts") -> Genotype:
+  """The most probable genotype under architecture logits.
 
-  For every node, each incoming edge is scored by its most probable operation
-  other than ``none``; the ``edges_per_node`` best edges are kept, each with
-  that operation. All nodes are concatenated into the output.
+  ``rule="darts"`` (the DARTS rule, the default): for every node, each
+  incoming edge is scored by its most probable operation other than
+  ``none``; the ``edges_per_node`` best edges are kept, each with that
+  operation. Every node gets exactly that many inputs, whatever the
+  probability of ``none``.
+
+  ``rule="argmax"``: every edge takes its most probable operation, ``none``
+  included, i.e. the path that a hard (single-path) sample most likely runs
+  (the GDAS reading). A node keeps every edge whose mode is not ``none``, so
+  nodes may have any number of inputs, and a node whose edges are all
+  ``none`` outputs zeros, as in the supernet. Nodes with fewer edges than
+  the most connected one are padded with ``("none", 0)`` edges (no weights,
+  zero output) so that the genotype keeps one ``edges_per_node`` (the
+  ``edges_per_node`` argument is then unused).
+
+  In both rules all nodes are concatenated into the output.
 
   Args:
     arch_logits: ``{"normal": [E, O], "reduce": [E, O]}`` logits.
     primitives: the O operation names, in the logits' order.
     num_nodes: intermediate nodes per cell (E = sum of 2 + i).
+    edges_per_node: edges a node keeps under the DARTS rule.
+    rule: "darts" or "argmax".
   """
   primitives = tuple(primitives)
-  allowed = np.array([p != "none" for p in primitives])
-  if not allowed.any():
+  if rule not in GENOTYPE_RULES:
+    raise ConfigError(f"unknown genotype rule {rule!r}; expected one of "
+                      f"{GENOTYPE_RULES}")
+  if rule == "darts" and all(p == "none" for p in primitives):
     raise ConfigError("cannot derive a genotype: every primitive is 'none'")
-  cells = {}
+  node_edges = {}
   for cell_type in ("normal", "reduce"):
     logits = np.asarray(jax.device_get(arch_logits[cell_type]), np.float64)
     expected = (sum(2 + i for i in range(num_nodes)), len(primitives))
     if logits.shape != expected:
       raise ConfigError(f"arch_logits[{cell_type!r}] has shape {logits.shape},"
                         f" expected {expected}")
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    probs = np.where(allowed, probs, -1.0)
-    edges, start = [], 0
+    probs = _softmax_rows(logits)
+    nodes, start = [], 0
     for node in range(num_nodes):
-      num_inputs = 2 + node
-      node_probs = probs[start:start + num_inputs]
-      strength = node_probs.max(-1)
-      keep = sorted(np.argsort(-strength, kind="stable")[
-          :min(edges_per_node, num_inputs)])
-      edges.extend((primitives[int(node_probs[j].argmax())], int(j))
-                   for j in keep)
-      start += num_inputs
-    cells[cell_type] = tuple(edges)
+      node_probs = probs[start:start + 2 + node]
+      nodes.append(
+          _darts_node_edges(node_probs, primitives, edges_per_node)
+          if rule == "darts" else _argmax_node_edges(node_probs, primitives))
+      start += 2 + node
+    node_edges[cell_type] = nodes
+  width = max(1, max(len(edges) for nodes in node_edges.values()
+                     for edges in nodes))
+  cells = {cell_type: tuple(edge for edges in nodes
+                            for edge in edges + [("none", 0)] * (
+                                width - len(edges)))
+           for cell_type, nodes in node_edges.items()}
   concat = tuple(range(2, 2 + num_nodes))
   return Genotype(normal=cells["normal"], normal_concat=concat,
                   reduce=cells["reduce"], reduce_concat=concat,
-                  edges_per_node=min(edges_per_node, 2))
+                  edges_per_node=width)
 
 
-def genotype_of(spec: SupernetSpec, arch_logits: Mapping[str, Any]) -> Genotype:
+def genotype_of(spec: SupernetSpec, arch_logits: Mapping[str, Any],
+                rule: str = "darts") -> Genotype:
   """:func:`derive_genotype` of logits over ``spec``'s operations and nodes."""
-  return derive_genotype(arch_logits, spec.primitives, spec.num_nodes)
+  return derive_genotype(arch_logits, spec.primitives, spec.num_nodes,
+                         rule=rule)
 
 
 def build_genotype_network(genotype: Genotype, *, num_classes: int,

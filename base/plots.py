@@ -43,6 +43,8 @@ def draw_cell(genotype: Genotype, cell_type: str, ax=None):
   names.update({2 + n: str(n) for n in range(num_nodes)})
   for node, edges in enumerate(node_edges):
     for op, source in edges:
+      if op == "none":  # no edge
+        continue
       (x0, y0), (x1, y1) = positions[source], positions[2 + node]
       ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                   arrowprops=dict(arrowstyle="->", color="tab:blue", lw=1.2,

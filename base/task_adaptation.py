@@ -78,9 +78,10 @@ def _task_predictive(posterior: SupernetDist, x: jax.Array, cfg: AdaptConfig,
                              prediction_arch_key(adapt_key, cfg), cfg=cfg))
 
 
-def _genotype_of(posterior: SupernetDist) -> Genotype:
-  """The discrete cells of a posterior's architecture logits."""
-  return genotype_of(posterior.spec, posterior.arch_logits)
+def _genotype_of(posterior: SupernetDist, cfg: AdaptConfig) -> Genotype:
+  """The discrete cells of a posterior's architecture logits, by the rule
+  ``cfg`` names."""
+  return genotype_of(posterior.spec, posterior.arch_logits, cfg.genotype_rule)
 
 
 @dataclasses.dataclass
@@ -180,7 +181,8 @@ def load_adaptation(path: str | os.PathLike) -> Adaptation:
     raise CheckpointError(f"{path} has a malformed adaptation record: "
                           f"{type(e).__name__}: {e}") from None
   return Adaptation(
-      posterior, _genotype_of(posterior), support_accuracy, query_accuracy,
+      posterior, _genotype_of(posterior, config), support_accuracy,
+      query_accuracy,
       jax.device_get(prior_lib.arch_entropy(posterior)), seconds,
       config=config, temperature=temperature, seed=seed, steps=steps)
 
@@ -253,7 +255,7 @@ def adapt(prior: SupernetDist, support_x: Any, support_y: Any,
         _task_predictive(posterior, query_x, cfg, temperature, seed), -1)
     if query_y is not None:
       query_accuracy = float(np.mean(query_predictions == np.asarray(query_y)))
-  return Adaptation(posterior, _genotype_of(posterior) if derive else None,
+  return Adaptation(posterior, _genotype_of(posterior, cfg) if derive else None,
                     support_accuracy, query_accuracy,
                     jax.device_get(prior_lib.arch_entropy(posterior)),
                     seconds, query_predictions, config=cfg,

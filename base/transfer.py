@@ -115,7 +115,7 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
     accuracies.append(result.query_accuracy)
   mean_logits = {k: np.mean([l[k] for l in logits], axis=0)
                  for k in logits[0]}
-  genotype = genotype_of(prior.spec, mean_logits)
+  genotype = genotype_of(prior.spec, mean_logits, task_cfg.genotype_rule)
   adapt_seconds = time.perf_counter() - start
 
   network = build_genotype_network(

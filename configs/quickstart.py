@@ -51,7 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
       # Tasks with N' < N ways (an N-way prior, restricted): the
       # classifier's rate x N'/N (base.adaptation.for_ways).
       scale_rates_with_ways=True,
-      classifier_rate_scale=1.0))  # the classifier's rates / the others'
+      classifier_rate_scale=1.0,  # the classifier's rates / the others'
+      # The derived genotype: "darts" (two strongest non-none edges per
+      # node) or "argmax" (each edge's mode, none included; single path).
+      genotype_rule="darts"))
 
   config.meta = ml_collections.ConfigDict(dict(
       lr_arch=3e-2, lr_weights=3e-3, learn_weight_std=True, grad_clip=10.0,

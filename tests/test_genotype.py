@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from base import ops
+from base.adaptation import AdaptConfig
 from base.data import load_digits
 from base.errors import ConfigError
 from base.genotype import (Genotype, build_genotype_network, derive_genotype,
@@ -40,6 +41,41 @@ def test_derivation_keeps_the_strongest_non_none_edges():
   assert genotype.normal_concat == (2, 3)
 
 
+def test_argmax_rule_keeps_each_edge_whose_mode_is_not_none():
+  """The path a hard sample most likely runs: ``none`` can win an edge, so a
+  node keeps any number of inputs (padded with ``none`` edges)."""
+  num_nodes = 3  # edges: node 0 <- 0, 1; node 1 <- 0..2; node 2 <- 0..3
+  normal = _logits(num_nodes)
+  normal[:, PRIMS.index("none")] = 1.0  # every edge's mode is none ...
+  normal[1, PRIMS.index("sep_conv_3x3")] = 2.0  # ... except these
+  for edge, op in ((5, "max_pool_3x3"), (7, "dil_conv_5x5"),
+                   (8, "skip_connect")):
+    normal[edge, PRIMS.index(op)] = 3.0
+  reduce = _logits(num_nodes)
+  reduce[:, PRIMS.index("avg_pool_3x3")] = 1.0
+  logits = {"normal": normal, "reduce": reduce}
+  genotype = derive_genotype(logits, PRIMS, num_nodes, rule="argmax")
+  assert genotype.edges_per_node == 4  # reduce's node 2 keeps all four
+  assert genotype.node_edges("normal") == [
+      [("sep_conv_3x3", 1)] + [("none", 0)] * 3,
+      [("none", 0)] * 4,  # node 1 outputs zeros, as in the supernet
+      [("max_pool_3x3", 0), ("dil_conv_5x5", 2), ("skip_connect", 3),
+       ("none", 0)]]
+  assert genotype.node_edges("reduce")[2] == [
+      ("avg_pool_3x3", j) for j in range(4)]
+  assert str(genotype).startswith(
+      "normal: n0<-sep_conv_3x3(1); n1<-none; n2<-max_pool_3x3(0)+")
+  assert Genotype.from_json(genotype.to_json()) == genotype
+  # The DARTS rule never picks none: two edges per node, whatever none's odds.
+  darts = derive_genotype(logits, PRIMS, num_nodes)
+  assert darts.edges_per_node == 2
+  assert all(op != "none" for op, _ in darts.normal + darts.reduce)
+  with pytest.raises(ConfigError, match="unknown genotype rule 'mode'"):
+    derive_genotype(logits, PRIMS, num_nodes, rule="mode")
+  with pytest.raises(ConfigError, match="adapt.genotype_rule 'mode'"):
+    AdaptConfig(genotype_rule="mode")
+
+
 def test_json_round_trip():
   genotype = Genotype(normal=(("sep_conv_3x3", 0), ("skip_connect", 1)),
                       normal_concat=(2,),
@@ -64,12 +100,14 @@ def test_malformed_genotypes_are_named(text, match):
     Genotype.from_json(text)
 
 
-@pytest.mark.parametrize("num_cells,reduction_cells", [(3, None), (2, (1,))])
+@pytest.mark.parametrize("num_cells,reduction_cells,rule", [
+    (3, None, "darts"), (2, (1,), "darts"), (2, (1,), "argmax")])
 def test_standalone_network_has_the_genotypes_parameter_count(
-    num_cells, reduction_cells):
+    num_cells, reduction_cells, rule):
   rng = np.random.default_rng(0)
   logits = {k: rng.normal(size=(5, len(PRIMS))) for k in ("normal", "reduce")}
-  genotype = derive_genotype(logits, PRIMS, 2)
+  logits["normal"][:3, PRIMS.index("none")] = 9.0  # argmax: node 0 is empty
+  genotype = derive_genotype(logits, PRIMS, 2, rule=rule)
   kwargs = dict(num_classes=10, in_channels=3, channels=6,
                 num_cells=num_cells, reduction_cells=reduction_cells)
   net = build_genotype_network(genotype, rngs=nnx.Rngs(0), **kwargs)

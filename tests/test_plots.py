@@ -20,5 +20,14 @@ def test_genotype_figure_and_heatmap(tmp_path):
     image = np.asarray(Image.open(path).convert("L"))
     assert image.shape[0] > 200 and image.shape[1] > 200
     assert image.std() > 10, "the picture is not blank"
+  # A `none` edge is no edge: the argmax genotype's cells draw only the rest.
+  logits["normal"][:, 0] = 1.5  # none wins most edges of the normal cell
+  sparse = derive_genotype(logits, prims, 2, rule="argmax")
+  for cell_type in ("normal", "reduce"):
+    ax = plots.draw_cell(sparse, cell_type)
+    drawn = [t.get_text() for t in ax.texts if t.get_text() in prims]
+    kept = [op for op, _ in getattr(sparse, cell_type) if op != "none"]
+    assert sorted(drawn) == sorted(kept)
+  assert any(op == "none" for op, _ in sparse.normal)
   assert plots.edge_labels(2) == ["n0<-c_{k-2}", "n0<-c_{k-1}", "n1<-c_{k-2}",
                                   "n1<-c_{k-1}", "n1<-n0"]

@@ -94,7 +94,7 @@ def test_a_saved_adaptation_predicts_new_images_as_the_adaptation_did(
   experiment = train.build_experiment(tiny_config())
   prior = base.init_prior(experiment.spec, jax.random.key(0), 0.05)
   episode = experiment.test_family.sample(np.random.default_rng(1))
-  cfg = base.AdaptConfig(steps=2, single_path=True)
+  cfg = base.AdaptConfig(steps=2, single_path=True, genotype_rule="argmax")
   assert cfg.noise_per_task
   result = base.adapt(prior, episode.support_x, episode.support_y,
                       episode.query_x, episode.query_y, config=cfg,
@@ -110,7 +110,10 @@ def test_a_saved_adaptation_predicts_new_images_as_the_adaptation_did(
   np.testing.assert_array_equal(loaded.predict_proba(episode.query_x), probs)
   assert (loaded.config, loaded.temperature, loaded.seed, loaded.steps) == (
       cfg, 0.7, 3, 2)
-  assert loaded.genotype == result.genotype
+  assert result.genotype == base.derive_genotype(
+      result.posterior.arch_logits, experiment.spec.primitives,
+      experiment.spec.num_nodes, rule="argmax")
+  assert loaded.genotype == result.genotype  # derived again, by its rule
   assert loaded.query_accuracy == result.query_accuracy
   plain, metadata = base.load_prior(path, return_metadata=True)
   assert _same_trees(plain.to_dict(), result.posterior.to_dict())
