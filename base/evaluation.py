@@ -32,6 +32,10 @@ class EpisodeScore(NamedTuple):
   query_accuracy: float
   support_accuracy: float
   seconds: float  # wall time of the adaptation alone
+  # Mean per-edge total variation between the architecture distribution
+  # before and after adaptation (base.prior.arch_shift); None for methods
+  # without one.
+  arch_shift: float | None = None
 
 
 def score_episodes(family: Any, score_one: Callable[[Any, int], EpisodeScore],
@@ -44,18 +48,23 @@ def score_episodes(family: Any, score_one: Callable[[Any, int], EpisodeScore],
   seed sees the very same episodes. ``score_one(episode, i)`` adapts to one
   episode and scores it; ``desc`` shows a progress bar with that label.
   ``seconds_per_task`` is a median, which leaves out a first call's
-  compilation.
+  compilation. ``arch_shift`` (the mean over episodes) is there when every
+  score has one.
   """
   rng = np.random.default_rng(seed)
   scores = [score_one(family.sample(rng), index)
             for index in tqdm.trange(episodes, desc=desc, disable=desc is None,
                                      leave=False, dynamic_ncols=True)]
   mean, half_width = confidence_interval([s.query_accuracy for s in scores])
-  return {"query_accuracy": mean, "ci95": half_width,
-          "support_accuracy": float(np.mean([s.support_accuracy
-                                             for s in scores])),
-          "episodes": episodes,
-          "seconds_per_task": float(np.median([s.seconds for s in scores]))}
+  row = {"query_accuracy": mean, "ci95": half_width,
+         "support_accuracy": float(np.mean([s.support_accuracy
+                                            for s in scores])),
+         "episodes": episodes,
+         "seconds_per_task": float(np.median([s.seconds for s in scores]))}
+  shifts = [s.arch_shift for s in scores]
+  if all(shift is not None for shift in shifts):
+    row["arch_shift"] = float(np.mean(shifts))
+  return row
 
 
 _PROTOCOL = re.compile(r"^\s*(\d+)-way\s+(\d+)-shot\s*$")

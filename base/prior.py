@@ -184,6 +184,25 @@ def arch_entropy(dist: SupernetDist) -> dict[str, jax.Array]:
           for k, v in dist.arch_logits.items()}
 
 
+def arch_shift(prior: SupernetDist, posterior: SupernetDist) -> float:
+  """How far adaptation moved the architecture distribution.
+
+  The total-variation distance ``½ Σ_o |p_o - q_o|`` between an edge's
+  categorical under ``prior`` and under ``posterior``, averaged over every
+  edge of both cell types: 0 when no edge moved, 1 when every edge moved
+  all its mass to other operations.
+  """
+  def probs(logits):
+    logits = np.asarray(jax.device_get(logits), np.float64)
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+  distances = [0.5 * np.abs(probs(prior.arch_logits[k])
+                            - probs(posterior.arch_logits[k])).sum(-1)
+               for k in prior.arch_logits]
+  return float(np.mean(np.concatenate(distances)))
+
+
 # ----------------------------------------------------------------------------
 # Saving and loading.
 

@@ -426,7 +426,8 @@ def score_prior(prior: SupernetDist, family: EpisodeSampler,
                 cfg: AdaptConfig, temperature: float, *, episodes: int,
                 steps: int, seed: int, desc: str | None = None
                 ) -> dict[str, Any]:
-  """Adapts to ``episodes`` meta-test episodes; accuracy mean ± 95% CI.
+  """Adapts to ``episodes`` meta-test episodes; accuracy mean ± 95% CI, and
+  how far the architecture distribution moved (``arch_shift``).
 
   ``desc`` shows a progress bar with that label.
 
@@ -439,7 +440,8 @@ def score_prior(prior: SupernetDist, family: EpisodeSampler,
                    temperature=temperature, steps=steps,
                    seed=seed * 100_003 + index, derive=False)
     return EpisodeScore(result.query_accuracy, result.support_accuracy,
-                        result.seconds)
+                        result.seconds,
+                        prior_lib.arch_shift(prior, result.posterior))
 
   row = score_episodes(family, score_one, episodes=episodes, seed=seed,
                        desc=desc)
@@ -610,14 +612,20 @@ def format_results(results: dict[str, Any]) -> str:
       f"Meta-test classes: {results['meta_test_classes']}, "
       f"{results['queries_per_class']} queries per class; parameters = "
       f"supernet weights used by the posterior predictive (the derived "
-      f"network has {results['derived_network_parameters']}).", "",
+      f"network has {results['derived_network_parameters']}); arch shift = "
+      f"mean per-edge total variation between the architecture "
+      f"distribution before and after adaptation (0: unmoved, 1: every "
+      f"edge's mass moved to other ops).", "",
       "| method | protocol | query accuracy | 95% CI | adapt s/task "
-      "| parameters |",
-      "| --- | --- | --- | --- | --- | --- |"]
+      "| arch shift | parameters |",
+      "| --- | --- | --- | --- | --- | --- | --- |"]
   for row in results["rows"]:
+    shift = row.get("arch_shift")
+    shift = "–" if shift is None else f"{shift:.4f}"
     lines.append(f"| {row['method']} | {row['protocol']} | "
                  f"{row['query_accuracy']:.3f} | ± {row['ci95']:.3f} | "
-                 f"{row['seconds_per_task']:.3f} | {row['parameters']} |")
+                 f"{row['seconds_per_task']:.3f} | {shift} | "
+                 f"{row['parameters']} |")
   if results.get("omniglot_runs"):
     lines += format_runs_table(results["omniglot_runs"])
   return "\n".join(lines)

@@ -122,3 +122,23 @@ def test_precomputed_noise_gives_the_same_sample(prior):
   other = prior_lib.sample_weights(prior, jax.random.key(6))
   assert not np.allclose(other["classifier"]["kernel"],
                          drawn_here["classifier"]["kernel"])
+
+
+def test_arch_shift_is_the_mean_per_edge_total_variation(prior):
+  assert prior_lib.arch_shift(prior, prior) == 0.0
+  logits = jax.device_get(prior.arch_logits)
+  num_edges = sum(v.shape[0] for v in logits.values())
+  # One edge of the normal cell moves all its mass onto one op (near-one-hot
+  # from near-uniform): its distance is 1 - p(that op) under the prior.
+  moved = {k: np.array(v) for k, v in logits.items()}
+  moved["normal"][0] = -1e4
+  moved["normal"][0, 2] = 0.0
+  posterior = prior.replace(arch_logits=moved)
+  before = jax.nn.softmax(logits["normal"][0])[2]
+  np.testing.assert_allclose(prior_lib.arch_shift(prior, posterior),
+                             (1 - before) / num_edges, rtol=1e-5)
+  # Symmetric, and shifting every logit of an edge by a constant is no move.
+  np.testing.assert_allclose(prior_lib.arch_shift(posterior, prior),
+                             prior_lib.arch_shift(prior, posterior))
+  shifted = prior.replace(arch_logits={k: v + 3.0 for k, v in logits.items()})
+  assert prior_lib.arch_shift(prior, shifted) < 1e-6  # float32 rounding

@@ -36,6 +36,10 @@ def test_meta_training_beats_the_unadapted_random_init(tmp_path):
   assert ours["query_accuracy"] > baseline["query_accuracy"] + max(
       0.05, ours["ci95"]), train.format_results(results)
   assert json.load(open(tmp_path / "results.json"))["methods"] == rows
+  # How far adaptation moved the architecture: not at all without steps.
+  assert rows["meta-learned prior, not adapted"]["arch_shift"] == 0.0
+  assert 0.0 < ours["arch_shift"] < 1.0
+  assert "| arch shift |" in open(tmp_path / "results.md").read()
   genotype = base.Genotype.from_dict(results["example_genotype"])
   assert genotype.num_nodes == config.supernet.num_nodes
   # The saved prior says how meta-training adapted: adapt(**settings) does so.
