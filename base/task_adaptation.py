@@ -156,6 +156,12 @@ def load_adaptation(path: str | os.PathLike) -> Adaptation:
   The genotype and edge entropies are derived again from the posterior;
   ``query_predictions`` are not stored.
 
+  A record with a setting this version does not know (one written by a
+  newer version) is refused as malformed rather than dropped, unlike
+  :func:`saved_adaptation_settings`: those only suggest how to adapt a
+  prior, while this record is what :meth:`Adaptation.predict` must
+  reproduce, and a setting it cannot honour could change the predictions.
+
   Raises:
     CheckpointError: the file is missing or corrupt (see
       ``base.load_prior``), or holds a prior rather than an adapted
