@@ -70,6 +70,11 @@ def test_argmax_rule_keeps_each_edge_whose_mode_is_not_none():
   darts = derive_genotype(logits, PRIMS, num_nodes)
   assert darts.edges_per_node == 2
   assert all(op != "none" for op, _ in darts.normal + darts.reduce)
+  # Three edges a node: node 0 has only two inputs and is padded.
+  three = derive_genotype(logits, PRIMS, num_nodes, edges_per_node=3)
+  assert three.num_nodes == num_nodes and three.edges_per_node == 3
+  assert [sum(op != "none" for op, _ in edges)
+          for edges in three.node_edges("reduce")] == [2, 3, 3]
   with pytest.raises(ConfigError, match="unknown genotype rule 'mode'"):
     derive_genotype(logits, PRIMS, num_nodes, rule="mode")
   with pytest.raises(ConfigError, match="adapt.genotype_rule 'mode'"):
