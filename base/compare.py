@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from base import methods as methods_lib
+from base import reports
 from base.data import EpisodeSampler, load_omniglot_runs
 from base.errors import ConfigError
 from base.evaluation import format_runs_table, parse_protocol, score_runs
@@ -113,10 +114,8 @@ def run_methods(exp: Any, names: tuple[str, ...], workdir: str, *,
              "episodes": ev.episodes, "seed": ev.seed,
              "meta_test_classes": exp.test_family.data.num_classes,
              "queries_per_class": exp.test_family.num_queries}
-  with open(os.path.join(workdir, f"{output_name}.json"), "w") as f:
-    json.dump(results, f, indent=2, default=_json_default)
-  with open(os.path.join(workdir, f"{output_name}.md"), "w") as f:
-    f.write(format_comparison(results) + "\n")
+  reports.write_report(workdir, output_name, results,
+                       format_comparison(results), json_default=_json_default)
   return results
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import tensorboardX
 import tqdm
 
-from base import config_utils, distributions
+from base import config_utils, distributions, reports
 from base import prior as prior_lib
 from base.adaptation import AdaptConfig, for_ways
 from base.checkpoints import MetaCheckpointer
@@ -552,10 +552,7 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
           reduction_cells=spec.reduction_cells,
           channel_scale=spec.channel_scale),
   }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(format_results(results) + "\n")
+  reports.write_report(workdir, "results", results, format_results(results))
   return results
 
 

@@ -11,7 +11,6 @@ the wall time of each phase.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -20,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from base import config_utils, plots
+from base import config_utils, plots, reports
 from base import prior as prior_lib
 from base import task_adaptation
 from base.adaptation import for_ways
@@ -149,10 +148,7 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
                      "history": history, "test_accuracy": test_accuracy},
       "load_seconds": load_seconds,
   }
-  with open(os.path.join(workdir, "transfer.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, "transfer.md"), "w") as f:
-    f.write(format_transfer(results) + "\n")
+  reports.write_report(workdir, "transfer", results, format_transfer(results))
   plots.save_genotype_figure(genotype,
                              os.path.join(workdir, "transfer_cells.png"))
   return results

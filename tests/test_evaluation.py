@@ -1,12 +1,15 @@
 """Evaluation protocols: the 20-run scorer, intervals, protocols, ways."""
 
 import dataclasses
+import json
+import os
 
 import jax
 import numpy as np
 import pytest
 
 from base import prior as prior_lib
+from base import reports
 from base.data import Episode
 from base.errors import ConfigError
 from base.evaluation import confidence_interval, parse_protocol, score_runs
@@ -106,3 +109,20 @@ def test_for_ways_scales_the_classifier_rate_with_the_ways():
     for_ways(prior, cfg, 7)
   with pytest.raises(ConfigError, match="classifier_rate_scale"):
     AdaptConfig(classifier_rate_scale=-1.0)
+
+
+def test_reports_keep_the_earlier_pair_under_a_time_stamp(tmp_path):
+  assert reports.write_report(str(tmp_path), "results", {"run": 1},
+                              "first") is None
+  os.utime(tmp_path / "results.json", (0, 86400))  # 1970-01-02 UTC
+  kept = reports.write_report(str(tmp_path), "results", {"run": 2}, "second")
+  assert kept == str(tmp_path / "results.19700102T000000.json")
+  assert json.load(open(kept)) == {"run": 1}
+  assert (tmp_path / "results.19700102T000000.md").read_text() == "first\n"
+  assert json.load(open(tmp_path / "results.json")) == {"run": 2}
+  # Another report from the same second gets its own name.
+  os.utime(tmp_path / "results.json", (0, 86400))
+  kept = reports.write_report(str(tmp_path), "results", {"run": 3}, "third")
+  assert kept.endswith("results.19700102T000000-2.json")
+  assert json.load(open(kept)) == {"run": 2}
+  assert (tmp_path / "results.md").read_text() == "third\n"

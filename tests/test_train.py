@@ -40,6 +40,14 @@ def test_meta_training_beats_the_unadapted_random_init(tmp_path):
   assert rows["meta-learned prior, not adapted"]["arch_shift"] == 0.0
   assert 0.0 < ours["arch_shift"] < 1.0
   assert "| arch shift |" in open(tmp_path / "results.md").read()
+  # Evaluating again (other episodes, say) keeps the earlier report.
+  config.evaluate.episodes = 4
+  train.evaluate(config, str(tmp_path))
+  again = json.load(open(tmp_path / "results.json"))["methods"]
+  assert again["base (meta-learned prior, adapted)"]["episodes"] == 4
+  kept = sorted(tmp_path.glob("results.*.json"))
+  assert len(kept) == 1 and json.load(open(kept[0]))["methods"] == rows
+  assert kept[0].with_suffix(".md").read_text().count("| base (") == 1
   genotype = base.Genotype.from_dict(results["example_genotype"])
   assert genotype.num_nodes == config.supernet.num_nodes
   # The saved prior says how meta-training adapted: adapt(**settings) does so.
