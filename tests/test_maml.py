@@ -218,9 +218,10 @@ def test_score_maml_sees_the_episodes_and_keys_of_score_prior(
   def fake_adapt(prior, support_x, support_y, query_x, query_y, **kwargs):
     del prior, support_x, support_y, query_x, query_y, kwargs
     return types.SimpleNamespace(query_accuracy=0.5, support_accuracy=1.0,
-                                 seconds=0.01)
+                                 seconds=0.01, posterior=None)
 
   monkeypatch.setattr(train, "adapt", fake_adapt)
+  monkeypatch.setattr(train.prior_lib, "arch_shift", lambda p, q: 0.0)
   for_maml, for_prior = (RecordingFamily(test_family),
                          RecordingFamily(test_family))
   row = maml.score_maml(_init(), for_maml, CFG, episodes=3, seed=11,
@@ -231,7 +232,8 @@ def test_score_maml_sees_the_episodes_and_keys_of_score_prior(
   for a, b in zip(for_maml.sampled, for_prior.sampled):
     np.testing.assert_array_equal(a, b)
   assert not np.array_equal(for_maml.sampled[0], for_maml.sampled[1])
-  assert set(row) == set(prior_row) | {"parameters"}
+  # The same columns, but for the supernet's arch shift (MAML has none).
+  assert set(row) | {"arch_shift"} == set(prior_row) | {"parameters"}
   assert row["adapt_steps"] == prior_row["adapt_steps"] == 1
   assert row["episodes"] == prior_row["episodes"] == 3
 
