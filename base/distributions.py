@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Union
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.distributions import constraints
 from numpyro.distributions.distribution import Distribution
 from numpyro.distributions.util import lazy_property
@@ -43,6 +44,7 @@ __all__ = [
     "categorical_entropy",
     "categorical_kl",
     "gumbel_softmax",
+    "host_probabilities",
     "temperature_schedule",
     "TEMPERATURE_SCHEDULE_KINDS",
 ]
@@ -367,6 +369,17 @@ def categorical_kl(q_logits: ArrayLike, p_logits: ArrayLike) -> jax.Array:
   # Double-where so that 0 * (-inf) never reaches the value or the gradient.
   log_ratio = jnp.where(positive, log_q - log_p, 0.0)
   return jnp.sum(jnp.where(positive, q * log_ratio, 0.0), axis=-1)
+
+
+def host_probabilities(logits: Any) -> np.ndarray:
+  """``softmax(logits)`` over the last axis, as float64 NumPy on the host.
+
+  For what reads architecture logits outside ``jit``: genotype derivation,
+  the arch-shift report, plots.
+  """
+  logits = np.asarray(jax.device_get(logits), np.float64)
+  z = np.exp(logits - logits.max(-1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)
 
 
 def categorical_entropy(logits: ArrayLike) -> jax.Array:

@@ -3,8 +3,9 @@
 A :class:`Genotype` says, for each cell type, which edges each node keeps
 and which single operation each kept edge runs; it serialises to and from
 JSON. :func:`derive_genotype` turns architecture logits into the most probable
-genotype (with the DARTS rule, or each edge's mode, ``none`` included), and :func:`build_genotype_network` builds the
-standalone network (no mixed operations) that trains on its own.
+genotype (by the DARTS rule, or each edge's mode with ``none`` included), and
+:func:`build_genotype_network` builds the standalone network (no mixed
+operations) that trains on its own.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import dataclasses
 import json
 from typing import Any, Mapping, Sequence
 
-import jax
 import numpy as np
 from flax import nnx
 
 from base import ops
+from base.distributions import host_probabilities
 from base.errors import ConfigError
 from base.supernet import Cell, CellNetwork, SupernetSpec
 
@@ -130,11 +131,6 @@ class Genotype:
 GENOTYPE_RULES = ("darts", "argmax")
 
 
-def _softmax_rows(logits: np.ndarray) -> np.ndarray:
-  probs = np.exp(logits - logits.max(-1, keepdims=True))
-  return probs / probs.sum(-1, keepdims=True)
-
-
 def _darts_node_edges(node_probs: np.ndarray, primitives: tuple[str, ...],
                       edges_per_node: int) -> list[Edge]:
   """A node's ``edges_per_node`` strongest edges, each with its best op
@@ -192,12 +188,11 @@ def derive_genotype(arch_logits: Mapping[str, Any],
     raise ConfigError("cannot derive a genotype: every primitive is 'none'")
   node_edges = {}
   for cell_type in ("normal", "reduce"):
-    logits = np.asarray(jax.device_get(arch_logits[cell_type]), np.float64)
+    probs = host_probabilities(arch_logits[cell_type])
     expected = (sum(2 + i for i in range(num_nodes)), len(primitives))
-    if logits.shape != expected:
-      raise ConfigError(f"arch_logits[{cell_type!r}] has shape {logits.shape},"
+    if probs.shape != expected:
+      raise ConfigError(f"arch_logits[{cell_type!r}] has shape {probs.shape},"
                         f" expected {expected}")
-    probs = _softmax_rows(logits)
     nodes, start = [], 0
     for node in range(num_nodes):
       node_probs = probs[start:start + 2 + node]

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from base.distributions import host_probabilities
 from base.genotype import Genotype
 
 
@@ -83,11 +84,6 @@ def save_genotype_figure(genotype: Genotype, path: str | os.PathLike) -> str:
   return os.fspath(path)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  z = np.exp(logits - logits.max(-1, keepdims=True))
-  return z / z.sum(-1, keepdims=True)
-
-
 def save_arch_heatmap(distributions: Mapping[str, Mapping[str, np.ndarray]],
                       primitives: Sequence[str], num_nodes: int,
                       path: str | os.PathLike) -> str:
@@ -108,7 +104,7 @@ def save_arch_heatmap(distributions: Mapping[str, Mapping[str, np.ndarray]],
   image = None
   for col, name in enumerate(names):
     for row, cell_type in enumerate(("normal", "reduce")):
-      probs = _softmax(np.asarray(distributions[name][cell_type], np.float64))
+      probs = host_probabilities(distributions[name][cell_type])
       ax = axes[row][col]
       image = ax.imshow(probs, vmin=0.0, vmax=1.0, cmap="viridis",
                         aspect="auto")

@@ -192,11 +192,7 @@ def arch_shift(prior: SupernetDist, posterior: SupernetDist) -> float:
   edge of both cell types: 0 when no edge moved, 1 when every edge moved
   all its mass to other operations.
   """
-  def probs(logits):
-    logits = np.asarray(jax.device_get(logits), np.float64)
-    z = np.exp(logits - logits.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
-
+  probs = distributions.host_probabilities
   distances = [0.5 * np.abs(probs(prior.arch_logits[k])
                             - probs(posterior.arch_logits[k])).sum(-1)
                for k in prior.arch_logits]
