@@ -11,6 +11,7 @@ from absl import logging
 
 from base import compare as compare_lib
 from base import plots
+from base import reports
 from base import task_adaptation
 from base import train
 from base import transfer as transfer_lib
@@ -18,6 +19,10 @@ from base.adaptation import for_ways
 from base.errors import ConfigError
 
 MODES = ("meta_train", "evaluate", "adapt", "transfer", "compare", "all")
+# What mode=adapt writes into the workdir; a later run keeps these aside
+# under a time-stamped name (base.reports.keep_earlier) before writing its own.
+ADAPT_FILES = ("adapted_genotype.json", "adapted_cells.png",
+               "arch_distribution.png", "posterior.msgpack")
 CACHE_ENV = "BASE_COMPILATION_CACHE"
 CACHE_MAX_BYTES = 8 << 30  # least recently used entries go beyond this
 
@@ -182,7 +187,8 @@ def run_method(experiment: train.Experiment, modes: list[str],
           f"{result.support_accuracy:.3f}, query accuracy {accuracy:.3f}")
     if result.genotype is not None:
       print(f"genotype: {result.genotype}")
-      with open(os.path.join(workdir, "adapted_genotype.json"), "w") as f:
+      reports.keep_earlier(workdir, ADAPT_FILES[:1])
+      with open(os.path.join(workdir, ADAPT_FILES[0]), "w") as f:
         f.write(result.genotype.to_json(indent=2))
 
 
@@ -209,10 +215,14 @@ def adapt_one_task(config: Any, workdir: str,
       temperature=temperature, steps=steps, seed=seed)
   print(f"adapted to a new {experiment.test_family.num_ways}-way task: "
         f"{result.summary()}")
-  with open(os.path.join(workdir, "adapted_genotype.json"), "w") as f:
+  kept = reports.keep_earlier(workdir, ADAPT_FILES)
+  if kept:
+    print(f"the earlier adaptation's files are kept as *.{kept}.*")
+  genotype_path, cells_path, heatmap_path, posterior_path = (
+      os.path.join(workdir, name) for name in ADAPT_FILES)
+  with open(genotype_path, "w") as f:
     f.write(result.genotype.to_json(indent=2))
-  plots.save_genotype_figure(result.genotype,
-                             os.path.join(workdir, "adapted_cells.png"))
+  plots.save_genotype_figure(result.genotype, cells_path)
   distributions = {"prior": jax.device_get(prior.arch_logits),
                    "task 1 posterior": jax.device_get(
                        result.posterior.arch_logits)}
@@ -224,11 +234,8 @@ def adapt_one_task(config: Any, workdir: str,
     distributions[f"task {task} posterior"] = jax.device_get(
         other_result.posterior.arch_logits)
   plots.save_arch_heatmap(distributions, prior.spec.primitives,
-                          prior.spec.num_nodes,
-                          os.path.join(workdir, "arch_distribution.png"))
-  print(f"pictures: {os.path.join(workdir, 'adapted_cells.png')}, "
-        f"{os.path.join(workdir, 'arch_distribution.png')}")
+                          prior.spec.num_nodes, heatmap_path)
+  print(f"pictures: {cells_path}, {heatmap_path}")
   # With what the prediction needs: base.load_adaptation(...).predict(x).
-  result.save(os.path.join(workdir, "posterior.msgpack"),
-              metadata={"adapted_from": os.path.abspath(path)})
+  result.save(posterior_path, metadata={"adapted_from": os.path.abspath(path)})
   return result

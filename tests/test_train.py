@@ -160,6 +160,33 @@ def _assert_one_line_error(result, *fragments):
     assert fragment in last, last
 
 
+def test_adapt_mode_writes_a_loadable_posterior_and_keeps_earlier_ones(
+    tmp_path, capsys):
+  from base import cli
+  config = tiny_config(num_steps=2)
+  config.mode = "meta_train,adapt"
+  cli.run(config, str(tmp_path))
+  assert "adapted to a new 3-way task" in capsys.readouterr().out
+  for name in cli.ADAPT_FILES:
+    assert (tmp_path / name).stat().st_size > 0, name
+  first = base.load_adaptation(tmp_path / "posterior.msgpack")
+  saved = json.loads((tmp_path / "adapted_genotype.json").read_text())
+  assert base.Genotype.from_dict(saved) == first.genotype
+  first_bytes = (tmp_path / "posterior.msgpack").read_bytes()
+  os.utime(tmp_path / "adapted_genotype.json", (0, 86400))  # 1970-01-02 UTC
+  config.mode = "adapt"
+  config.adapt.lr_arch = 50.0  # another adaptation of the same prior
+  cli.run(config, str(tmp_path))
+  assert "kept as *.19700102T000000.*" in capsys.readouterr().out
+  for name in cli.ADAPT_FILES:
+    stem, ext = os.path.splitext(name)
+    assert (tmp_path / f"{stem}.19700102T000000{ext}").exists(), name
+  assert (tmp_path / "posterior.19700102T000000.msgpack").read_bytes() == (
+      first_bytes)
+  second = base.load_adaptation(tmp_path / "posterior.msgpack")
+  assert second.config.lr_arch == 50.0 and first.config.lr_arch != 50.0
+
+
 def test_launch_reports_bad_input_in_one_line(tmp_path):
   quickstart = "--config=configs/quickstart.py"
   workdir = f"--workdir={tmp_path / 'run'}"
