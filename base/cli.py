@@ -162,8 +162,8 @@ def run_method(experiment: train.Experiment, modes: list[str],
     raise ConfigError(f"mode 'transfer' transfers a BASE prior; it is not "
                       f"available for method {method.name!r}")
   if "meta_train" in modes:
-    summary = method.meta_train(experiment, cfg, workdir,
-                                seed=int(experiment.config.seed))
+    summary = compare_lib.meta_train_method(
+        method, experiment, cfg, workdir, seed=int(experiment.config.seed))
     print(f"{method.title}: meta-trained in {summary['seconds']:.1f} s; "
           f"saved in {os.path.abspath(workdir)}")
   if "evaluate" in modes:

@@ -89,10 +89,10 @@ def run_methods(exp: Any, names: tuple[str, ...], workdir: str, *,
     method_dir = os.path.join(workdir, name) if subdirectories else workdir
     if meta_train:
       print(f"[{name}] meta-training into {method_dir}")
-      training[name] = method.meta_train(exp, cfg, method_dir, seed=seed,
-                                         progress=progress)
+      training[name] = meta_train_method(method, exp, cfg, method_dir,
+                                         seed=seed, progress=progress)
     else:
-      training[name] = _saved_summary(workdir, name, output_name)
+      training[name] = saved_summary(method_dir, name, workdir, output_name)
     learner = method.load_learner(exp, cfg, method_dir)
     for protocol in protocols:
       ways, shots = parse_protocol(protocol)
@@ -133,18 +133,41 @@ def score_learner_on_runs(learner: Any, exp: Any, runs_path: str = "", *,
   return score_runs(runs, classify)
 
 
-def _saved_summary(workdir: str, name: str, output_name: str) -> dict:
-  """Meta-training summary of an earlier run, when one was recorded."""
-  path = os.path.join(workdir, f"{output_name}.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f).get("meta_training", {}).get(name, {})
+def summary_path(method_dir: str, name: str) -> str:
+  """Where :func:`meta_train_method` records a method's training summary."""
+  return os.path.join(method_dir, f"{name}_meta_train.json")
+
+
+def meta_train_method(method: Any, exp: Any, cfg: Any, method_dir: str, *,
+                      seed: int, progress: bool = True) -> dict[str, Any]:
+  """``method.meta_train`` with its summary (wall time, steps...) recorded
+  beside the artifact, so that scoring in a later process (``mode=evaluate``
+  after ``mode=meta_train``) still reports the meta-training time."""
+  summary = method.meta_train(exp, cfg, method_dir, seed=seed,
+                              progress=progress)
+  os.makedirs(method_dir, exist_ok=True)
+  with open(summary_path(method_dir, method.name), "w") as f:
+    json.dump(summary, f, indent=2, default=_json_default)
+  return summary
+
+
+def saved_summary(method_dir: str, name: str, workdir: str,
+                  output_name: str) -> dict:
+  """Meta-training summary of an earlier run: the one recorded beside the
+  artifact, else the one in an earlier report of ``workdir``; {} if none."""
+  for path, pick in (
+      (summary_path(method_dir, name), lambda record: record),
+      (os.path.join(workdir, f"{output_name}.json"),
+       lambda record: record.get("meta_training", {}).get(name, {}))):
+    if os.path.exists(path):
+      with open(path) as f:
+        return pick(json.load(f))
   return {}
 
 
 def _json_default(value: Any) -> Any:
-  if isinstance(value, (np.floating, np.integer)):
-    return value.item()
+  if isinstance(value, (np.floating, np.integer, np.ndarray)):
+    return value.tolist()
   raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
