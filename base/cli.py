@@ -21,8 +21,9 @@ from base.errors import ConfigError
 MODES = ("meta_train", "evaluate", "adapt", "transfer", "compare", "all")
 # What mode=adapt writes into the workdir; a later run keeps these aside
 # under a time-stamped name (base.reports.keep_earlier) before writing its own.
-ADAPT_FILES = ("adapted_genotype.json", "adapted_cells.png",
-               "arch_distribution.png", "posterior.msgpack")
+GENOTYPE_FILE = "adapted_genotype.json"
+ADAPT_FILES = (GENOTYPE_FILE, "adapted_cells.png", "arch_distribution.png",
+               "posterior.msgpack")
 CACHE_ENV = "BASE_COMPILATION_CACHE"
 CACHE_MAX_BYTES = 8 << 30  # least recently used entries go beyond this
 
@@ -187,8 +188,8 @@ def run_method(experiment: train.Experiment, modes: list[str],
           f"{result.support_accuracy:.3f}, query accuracy {accuracy:.3f}")
     if result.genotype is not None:
       print(f"genotype: {result.genotype}")
-      reports.keep_earlier(workdir, ADAPT_FILES[:1])
-      with open(os.path.join(workdir, ADAPT_FILES[0]), "w") as f:
+      reports.keep_earlier(workdir, (GENOTYPE_FILE,))
+      with open(os.path.join(workdir, GENOTYPE_FILE), "w") as f:
         f.write(result.genotype.to_json(indent=2))
 
 

@@ -155,13 +155,14 @@ def saved_summary(method_dir: str, name: str, workdir: str,
                   output_name: str) -> dict:
   """Meta-training summary of an earlier run: the one recorded beside the
   artifact, else the one in an earlier report of ``workdir``; {} if none."""
-  for path, pick in (
-      (summary_path(method_dir, name), lambda record: record),
-      (os.path.join(workdir, f"{output_name}.json"),
-       lambda record: record.get("meta_training", {}).get(name, {}))):
-    if os.path.exists(path):
-      with open(path) as f:
-        return pick(json.load(f))
+  recorded = summary_path(method_dir, name)
+  if os.path.exists(recorded):
+    with open(recorded) as f:
+      return json.load(f)
+  report = os.path.join(workdir, f"{output_name}.json")
+  if os.path.exists(report):
+    with open(report) as f:
+      return json.load(f).get("meta_training", {}).get(name, {})
   return {}
 
 

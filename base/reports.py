@@ -55,10 +55,10 @@ def write_report(workdir: str, name: str, results: Any, markdown: str, *,
   An earlier pair of that name is kept under a time-stamped name (see the
   module docstring); returns the kept JSON's path, or None.
   """
-  had_json = os.path.exists(os.path.join(workdir, f"{name}.json"))
   suffix = keep_earlier(workdir, (f"{name}.json", f"{name}.md"))
   with open(os.path.join(workdir, f"{name}.json"), "w") as f:
     json.dump(results, f, indent=2, default=json_default)
   with open(os.path.join(workdir, f"{name}.md"), "w") as f:
     f.write(markdown + "\n")
-  return os.path.join(workdir, f"{name}.{suffix}.json") if had_json else None
+  kept = os.path.join(workdir, f"{name}.{suffix}.json")
+  return kept if suffix and os.path.exists(kept) else None
