@@ -19,10 +19,15 @@ from base.errors import CheckpointError
 
 
 class MetaCheckpointer:
-  """Saves and restores meta-training state under ``workdir/checkpoints``."""
+  """Saves and restores meta-training state under ``workdir/subdir``.
 
-  def __init__(self, workdir: str, max_to_keep: int = 2):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  ``subdir`` keeps the checkpoints of different trainings in one workdir
+  apart (BASE's ``checkpoints``, the MAML baseline's ``maml_checkpoints``).
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int = 2,
+               subdir: str = "checkpoints"):
+    self.directory = os.path.join(os.path.abspath(workdir), subdir)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,

@@ -26,7 +26,8 @@ from base import methods as methods_lib
 from base import reports
 from base.data import EpisodeSampler, load_omniglot_runs
 from base.errors import ConfigError
-from base.evaluation import format_runs_table, parse_protocol, score_runs
+from base.evaluation import (format_rows_table, format_runs_table,
+                             parse_protocol, score_runs)
 from base.methods.api import score_learner
 
 COMPARE_JSON = "compare.json"
@@ -176,17 +177,8 @@ def format_comparison(results: dict[str, Any]) -> str:
   """The Markdown table of :func:`run_methods`' results."""
   lines = [f"{results['episodes']} meta-test episodes per protocol (seed "
            f"{results['seed']}, the same for every method) over "
-           f"{results['meta_test_classes']} held-out classes.", "",
-           "| method | protocol | query accuracy | 95% CI | meta-train s "
-           "| adapt s/task | parameters |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
-  for row in results["rows"]:
-    seconds = row.get("meta_train_seconds")
-    seconds = "–" if seconds is None else f"{seconds:.0f}"
-    lines.append(f"| {row['method']} | {row['protocol']} | "
-                 f"{row['query_accuracy']:.3f} | ± {row['ci95']:.3f} | "
-                 f"{seconds} | {row['seconds_per_task']:.3f} | "
-                 f"{row['parameters']} |")
+           f"{results['meta_test_classes']} held-out classes.", ""]
+  lines += format_rows_table(results["rows"])
   if results.get("omniglot_runs"):
     lines += format_runs_table(results["omniglot_runs"])
   return "\n".join(lines)

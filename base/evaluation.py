@@ -108,6 +108,34 @@ def score_runs(runs: Any, classify: Classifier) -> dict[str, Any]:
           "items": items, "runs": len(per_run), "errors_per_run": per_run}
 
 
+def format_rows_table(rows: list[dict[str, Any]]) -> list[str]:
+  """Markdown lines of scored rows: one per method and protocol.
+
+  Columns: accuracy ± 95% CI, meta-training seconds (``–`` when unknown),
+  adaptation seconds per task, the architecture shift (only when some row
+  has one: methods that adapt an architecture distribution) and parameters.
+  """
+  with_shift = any("arch_shift" in row for row in rows)
+  shift_head = (" arch shift |", " --- |") if with_shift else ("", "")
+  lines = ["| method | protocol | query accuracy | 95% CI | meta-train s | "
+           f"adapt s/task |{shift_head[0]} parameters |",
+           f"| --- | --- | --- | --- | --- | --- |{shift_head[1]} --- |"]
+  for row in rows:
+    cells = [row["method"], row["protocol"], f"{row['query_accuracy']:.3f}",
+             f"± {row['ci95']:.3f}",
+             _optional(row.get("meta_train_seconds"), ".0f"),
+             f"{row['seconds_per_task']:.3f}"]
+    if with_shift:
+      cells.append(_optional(row.get("arch_shift"), ".4f"))
+    cells.append(str(row["parameters"]))
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _optional(value: float | None, spec: str) -> str:
+  return "–" if value is None else format(value, spec)
+
+
 def format_runs_table(runs: dict[str, Any]) -> list[str]:
   """Markdown lines of the 20-run error rates, one row per method."""
   lines = ["", "Omniglot 20 one-shot runs (20-way, within alphabet):", "",

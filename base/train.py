@@ -28,7 +28,8 @@ from base.checkpoints import MetaCheckpointer
 from base.data import EpisodeSampler, load_omniglot_runs, make_task_families
 from base.data.prefetch import prefetch
 from base.errors import BaseUserError, ConfigError
-from base.evaluation import (EpisodeScore, format_runs_table, parse_protocol,
+from base.evaluation import (EpisodeScore, format_rows_table,
+                             format_runs_table, parse_protocol,
                              score_episodes, score_runs)
 from base.genotype import genotype_param_count
 from base.meta import MetaOptConfig, MetaState, init_meta_state, meta_step
@@ -276,6 +277,14 @@ class MetricsWriter:
     self._tensorboard = tensorboardX.SummaryWriter(
         os.path.join(workdir, "tensorboard"))
 
+  def record_at(self, step: int) -> dict[str, Any] | None:
+    """The logged record of ``step`` (None: not logged, or not process 0)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return None
+    with open(self.path) as f:
+      records = [json.loads(l) for l in f if l.strip()]
+    return next((r for r in records if r["step"] == step), None)
+
   def truncate_after(self, step: int) -> None:
     """Drops records past ``step`` (logged after the checkpoint resumed from)."""
     if not self.enabled or not os.path.exists(self.path):
@@ -292,7 +301,7 @@ class MetricsWriter:
       f.write(json.dumps(record) + "\n")
     step = int(record["step"])
     for name, value in record.items():
-      if name not in ("step", "time"):
+      if name not in ("step", "time", "seconds"):
         self._tensorboard.add_scalar(f"meta_train/{name}", value, step)
     self._tensorboard.flush()
 
@@ -339,7 +348,10 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
   Writes ``checkpoints/``, ``metrics.jsonl`` and, at the end,
   ``prior.msgpack`` into ``workdir``. Runs to ``train.stop_at_step`` when
   set (the prior then records that step and its temperature; a later run
-  continues). Returns the final meta-state.
+  continues). Every metrics record and the prior's metadata carry
+  ``seconds``: the wall time of meta-training so far, summed over the runs
+  that resumed it (compilation included, time between runs not). Returns
+  the final meta-state.
   """
   exp = experiment or build_experiment(config)
   workdir = _check_workdir(workdir)
@@ -362,12 +374,17 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
                                        sharding.task_mesh())
   metrics_writer = MetricsWriter(workdir)
   metrics_writer.truncate_after(start)
+  # The record of the checkpoint resumed from (one is logged at every
+  # checkpoint) holds the seconds so far; metrics of older versions do not.
+  last_logged = metrics_writer.record_at(start) if start else None
+  earlier_seconds = ((last_logged or {}).get("seconds") if start else 0.0)
+  clock = time.perf_counter()
   # A chunk of a longer schedule (train.stop_at_step) counts to its own end.
   desc = ("meta-train" if last == exp.train.num_steps
           else f"meta-train (stops at step {last} of {exp.train.num_steps})")
   bar = tqdm.tqdm(total=last, initial=start, desc=desc,
                   disable=not progress, dynamic_ncols=True)
-  pending, last_logged = [], None
+  pending = []
   try:
     batches = prefetch(
         (sample_task_batch(exp.train_family, seed, step, task_ids)
@@ -391,6 +408,8 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
                   for k in fetched[0]}
         record.update(step=done, temperature=float(temperature),
                       time=time.time())
+        if earlier_seconds is not None:
+          record["seconds"] = earlier_seconds + time.perf_counter() - clock
         metrics_writer.write(record)
         last_logged = record
         bar.set_postfix(loss=f"{record['meta_loss']:.3f}",
@@ -414,6 +433,7 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
                 "image_shape": list(exp.train_family.image_shape),
                 "data_source": str(config.data.source),
                 "adapt": dataclasses.asdict(exp.adapt),
+                "meta_train_seconds": (last_logged or {}).get("seconds"),
                 "last_metrics": last_logged})
   return state
 
@@ -492,10 +512,13 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
         "random init, adapted (same budget)": (random_prior, steps),
         "random init, not adapted": (random_prior, 0)})
   supernet_parameters = count_params(prior.weight_mean)
+  # None for priors of older versions, which did not record it.
+  prior_seconds = metadata.get("meta_train_seconds")
   maml_weights = None
   if exp.maml is not None:
     from base.methods import maml
-    maml_weights, _ = maml.load_maml(os.path.join(workdir, MAML_FILENAME))
+    maml_weights, maml_metadata = maml.load_maml(
+        os.path.join(workdir, MAML_FILENAME))
   protocols = ev.protocols or (f"{exp.test_family.num_ways}-way "
                                f"{exp.test_family.num_shots}-shot",)
   rows = []
@@ -511,12 +534,14 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
                         desc=f"{protocol}: {name}")
       row.update(method=name, protocol=protocol,
                  parameters=supernet_parameters,
+                 meta_train_seconds=prior_seconds if dist is prior else 0.0,
                  classifier_rate_scale=task_cfg.classifier_rate_scale)
       rows.append(row)
     if maml_weights is not None:
       row = maml.score_maml(maml.restrict_ways(maml_weights, ways), family,
                             exp.maml, episodes=ev.episodes, seed=ev.seed)
-      row.update(method=MAML_METHOD, protocol=protocol)
+      row.update(method=MAML_METHOD, protocol=protocol,
+                 meta_train_seconds=maml_metadata.get("seconds"))
       rows.append(row)
   runs = {}
   if ev.omniglot_runs:
@@ -609,20 +634,12 @@ def format_results(results: dict[str, Any]) -> str:
       f"Meta-test classes: {results['meta_test_classes']}, "
       f"{results['queries_per_class']} queries per class; parameters = "
       f"supernet weights used by the posterior predictive (the derived "
-      f"network has {results['derived_network_parameters']}); arch shift = "
-      f"mean per-edge total variation between the architecture "
-      f"distribution before and after adaptation (0: unmoved, 1: every "
-      f"edge's mass moved to other ops).", "",
-      "| method | protocol | query accuracy | 95% CI | adapt s/task "
-      "| arch shift | parameters |",
-      "| --- | --- | --- | --- | --- | --- | --- |"]
-  for row in results["rows"]:
-    shift = row.get("arch_shift")
-    shift = "–" if shift is None else f"{shift:.4f}"
-    lines.append(f"| {row['method']} | {row['protocol']} | "
-                 f"{row['query_accuracy']:.3f} | ± {row['ci95']:.3f} | "
-                 f"{row['seconds_per_task']:.3f} | {shift} | "
-                 f"{row['parameters']} |")
+      f"network has {results['derived_network_parameters']}); meta-train s "
+      f"= wall time of meta-training (resumed runs summed; 0 for a random "
+      f"init); arch shift = mean per-edge total variation between the "
+      f"architecture distribution before and after adaptation (0: unmoved, "
+      f"1: every edge's mass moved to other ops).", ""]
+  lines += format_rows_table(results["rows"])
   if results.get("omniglot_runs"):
     lines += format_runs_table(results["omniglot_runs"])
   return "\n".join(lines)

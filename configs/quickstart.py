@@ -74,9 +74,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The MAML baseline: a Conv-4 meta-trained with (first-order) MAML on the
   # same tasks, scored on the same episodes (enable with maml.enabled=True).
+  # Checkpointed every checkpoint_every steps into workdir/maml_checkpoints:
+  # a killed run resumes, and a larger num_steps continues a finished one.
   config.maml = ml_collections.ConfigDict(dict(
       enabled=False, hidden=32, inner_steps=3, inner_lr=0.4, first_order=True,
-      meta_lr=1e-3, meta_batch_size=8, num_steps=300, eval_inner_steps=0))
+      meta_lr=1e-3, meta_batch_size=8, num_steps=300, eval_inner_steps=0,
+      checkpoint_every=100))
 
   config.evaluate = ml_collections.ConfigDict(dict(
       episodes=100, adapt_steps=0, seed=1234, baselines=True,

@@ -306,3 +306,70 @@ def test_a_non_finite_meta_loss_stops_training_naming_the_step(train_family):
   with pytest.raises(train.NonFiniteLossError, match="at step 2 ") as error:
     maml.maml_meta_train(PoisonedFamily(train_family, healthy_batches=1), cfg, log_every=3)
   assert "\n" not in str(error.value)
+
+
+def _leaves_equal(a, b):
+  return all(np.array_equal(x, y)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_a_crashed_run_resumes_and_a_longer_one_continues_exactly(
+    train_family, tmp_path):
+  cfg = dataclasses.replace(CFG, num_steps=6, checkpoint_every=2)
+  straight, straight_history = maml.maml_meta_train(train_family, cfg,
+                                                    log_every=4)
+  workdir = str(tmp_path)
+  # Step 3 sees NaN images: the run stops, its checkpoint of step 2 stays.
+  with pytest.raises(train.NonFiniteLossError, match="at step 3 "):
+    maml.maml_meta_train(PoisonedFamily(train_family, healthy_batches=2),
+                         dataclasses.replace(cfg, num_steps=4),
+                         checkpoint_dir=workdir)
+  checkpoints = tmp_path / maml.CHECKPOINT_SUBDIR
+  assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) \
+      == ["2"]
+  # Resumed to step 4, then a longer run continues it to step 6.
+  counting = PoisonedFamily(train_family)
+  maml.maml_meta_train(counting, dataclasses.replace(cfg, num_steps=4),
+                       checkpoint_dir=workdir)
+  assert counting.batches == 2, "steps 3 and 4 only"
+  weights, history = maml.maml_meta_train(counting, cfg,
+                                          checkpoint_dir=workdir)
+  assert counting.batches == 4
+  assert _leaves_equal(weights, straight)
+  assert history == straight_history and len(history) == 6
+  # A finished run loads without sampling a single episode.
+  again, _ = maml.maml_meta_train(counting, cfg, checkpoint_dir=workdir)
+  assert counting.batches == 4 and _leaves_equal(again, straight)
+
+
+def test_checkpoints_of_another_run_are_refused(train_family, tmp_path):
+  cfg = dataclasses.replace(CFG, num_steps=2, checkpoint_every=1)
+  maml.maml_meta_train(train_family, cfg, checkpoint_dir=str(tmp_path))
+  for other, named in ((dataclasses.replace(cfg, meta_lr=0.5), "meta_lr"),
+                       (cfg, "seed")):
+    seed = 1 if named == "seed" else 0
+    with pytest.raises(ConfigError, match=rf"{named}=.*use another workdir"):
+      maml.maml_meta_train(train_family, other, seed=seed,
+                           checkpoint_dir=str(tmp_path))
+  with pytest.raises(ConfigError, match="step 2, past maml.num_steps=1"):
+    maml.maml_meta_train(train_family, dataclasses.replace(cfg, num_steps=1),
+                         checkpoint_dir=str(tmp_path))
+
+
+def test_is_trained_compares_what_decides_the_training(train_family,
+                                                       tmp_path):
+  cfg = dataclasses.replace(CFG, num_steps=2)
+  experiment = types.SimpleNamespace(train_family=train_family)
+  summary = maml.METHOD.meta_train(experiment, cfg, str(tmp_path), seed=0,
+                                   progress=False)
+  assert summary["steps"] == 2 and summary["seconds"] > 0
+  assert (tmp_path / maml.CHECKPOINT_SUBDIR).is_dir()
+  assert maml.is_trained(str(tmp_path), cfg, 0)
+  # Meta-test settings do not change the trained weights ...
+  assert maml.is_trained(str(tmp_path), dataclasses.replace(
+      cfg, eval_inner_steps=7, checkpoint_every=5), 0)
+  # ... the length, the rates and the seed do.
+  for changed in (dataclasses.replace(cfg, num_steps=3),
+                  dataclasses.replace(cfg, inner_lr=0.1)):
+    assert not maml.is_trained(str(tmp_path), changed, 0)
+  assert not maml.is_trained(str(tmp_path), cfg, 1)

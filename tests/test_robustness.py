@@ -118,8 +118,26 @@ def test_chunked_run_with_stop_at_step_matches_one_run(tmp_path, capsys):
       metadata["temperature"])
   assert experiment.prior_temperature({}) == experiment.final_temperature
   assert "meta-step 2 of 4" in open(os.path.join(workdir, "results.md")).read()
+  # Meta-training seconds: the chunk's, recorded at its last step, in the
+  # prior and in the evaluation's row.
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  records = [json.loads(l) for l in open(metrics_path)]
+  assert records[-1]["step"] == 2 and records[-1]["seconds"] > 0
+  assert metadata["meta_train_seconds"] == records[-1]["seconds"]
+  assert [r["meta_train_seconds"] for r in results["rows"]] == [
+      records[-1]["seconds"]]
+  # The resumed run adds its seconds to those recorded at the checkpoint
+  # (here made 1000 s, as if the first chunk had run long).
+  records[-1]["seconds"] = 1000.0
+  with open(metrics_path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  clock = time.perf_counter()
   resumed = train.meta_train(tiny_config(num_steps=4), workdir,
                              progress=False)
+  resume_seconds = time.perf_counter() - clock
+  final = [json.loads(l) for l in open(metrics_path)][-1]
+  assert final["step"] == 4
+  assert 1000.0 < final["seconds"] <= 1000.0 + resume_seconds
   straight = train.meta_train(tiny_config(num_steps=4),
                               str(tmp_path / "straight"), progress=False)
   assert int(resumed.step) == 4
@@ -129,6 +147,7 @@ def test_chunked_run_with_stop_at_step_matches_one_run(tmp_path, capsys):
   _, metadata = base.load_prior(os.path.join(workdir, "prior.msgpack"),
                                 return_metadata=True)
   assert metadata["temperature"] == pytest.approx(experiment.final_temperature)
+  assert metadata["meta_train_seconds"] == final["seconds"]
 
 
 @pytest.mark.parametrize("stop_at_step", [-1, 5])

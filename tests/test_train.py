@@ -40,6 +40,12 @@ def test_meta_training_beats_the_unadapted_random_init(tmp_path):
   assert rows["meta-learned prior, not adapted"]["arch_shift"] == 0.0
   assert 0.0 < ours["arch_shift"] < 1.0
   assert "| arch shift |" in open(tmp_path / "results.md").read()
+  # Meta-training time: the prior's for its rows, none for a random init.
+  assert {name: row["meta_train_seconds"] for name, row in rows.items()} == {
+      "base (meta-learned prior, adapted)": records[-1]["seconds"],
+      "meta-learned prior, not adapted": records[-1]["seconds"],
+      "random init, adapted (same budget)": 0.0,
+      "random init, not adapted": 0.0}
   # Evaluating again (other episodes, say) keeps the earlier report.
   config.evaluate.episodes = 4
   train.evaluate(config, str(tmp_path))
@@ -256,6 +262,10 @@ def test_omniglot_config_runs_end_to_end(tmp_path):
       ("base (meta-learned prior, adapted)", "5-way 5-shot"),
       (train.MAML_METHOD, "5-way 5-shot")]
   assert results["rows"][1]["parameters"] > 0
+  # Both meta-trainings' wall times, each from its own file.
+  assert results["rows"][0]["meta_train_seconds"] > 0
+  assert results["rows"][1]["meta_train_seconds"] == maml.load_maml(
+      maml_file)[1]["seconds"] > 0
   assert results["omniglot_runs"][train.MAML_METHOD]["items"] == 400
   for row in results["rows"]:
     assert 0.0 <= row["query_accuracy"] <= 1.0 and row["episodes"] == 2

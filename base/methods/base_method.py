@@ -62,7 +62,13 @@ def meta_train(exp, cfg: BaseMethodConfig, workdir: str, *, seed: int,
   start = time.perf_counter()
   state = train.meta_train(exp.config, workdir, experiment=exp,
                            progress=progress)
-  return {"seconds": time.perf_counter() - start, "steps": int(state.step)}
+  # The prior records the seconds of all the runs that resumed it; one of
+  # an older version's metrics does not, and then this run's time is all.
+  _, metadata = prior_lib.load_prior(
+      os.path.join(workdir, train.PRIOR_FILENAME), return_metadata=True)
+  seconds = metadata.get("meta_train_seconds")
+  return {"seconds": time.perf_counter() - start if seconds is None
+          else seconds, "steps": int(state.step)}
 
 
 def load_learner(exp, cfg: BaseMethodConfig, workdir: str) -> BaseLearner:

@@ -22,7 +22,10 @@ which merges them with a cached ``GraphDef`` inside traced code:
   cross-entropy (``lax.scan``); first-order MAML stops the gradient through
   the inner gradients, so the meta-gradient needs no second derivatives.
 * :func:`maml_meta_train`: Adam on the initial weights, minimising the mean
-  query cross-entropy after adaptation over a meta-batch of episodes.
+  query cross-entropy after adaptation over a meta-batch of episodes;
+  checkpointed with Orbax when given a directory, so a killed run resumes
+  where its last checkpoint left it, and a longer ``num_steps`` continues a
+  finished run (Adam at a constant rate: the same steps as one long run).
 * :func:`score_maml`: the meta-test protocol of ``base.train.score_prior``
   (same episodes for the same seed, same result keys), so the two methods'
   rows sit side by side in one table.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -49,6 +53,7 @@ from flax import nnx
 from base import config_utils, ops, serialization
 from base.data import Episode, TaskFamily
 from base.data.episodes import check_count
+from base.checkpoints import MetaCheckpointer
 from base.errors import CheckpointError, ConfigError
 from base.evaluation import EpisodeScore, score_episodes
 from base.methods.api import Method, TaskResult
@@ -61,6 +66,13 @@ Weights = dict[str, Any]  # nested dict of arrays (nnx pure state dict)
 NUM_BLOCKS = 4
 FORMAT = "base-maml"
 FORMAT_VERSION = 1
+CHECKPOINT_SUBDIR = "maml_checkpoints"  # beside BASE's "checkpoints"
+CHECKPOINT_RUN_FILE = "run.json"  # in it: what the checkpoints were made with
+# The config fields that decide the meta-training trajectory (the rest decide
+# its length, how often it is saved, or meta-test adaptation): a checkpoint
+# resumes, and a saved file counts as trained, only when these are equal.
+TRAJECTORY_FIELDS = ("hidden", "inner_steps", "inner_lr", "first_order",
+                     "meta_lr", "meta_batch_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +89,8 @@ class MAMLConfig:
     meta_batch_size: tasks per meta-step.
     num_steps: meta-steps in total.
     eval_inner_steps: SGD steps at meta-test time (0: ``inner_steps``).
+    checkpoint_every: meta-steps between checkpoints when meta-training into
+      a workdir (0: none; the last step is always saved).
   """
   hidden: int = 64
   inner_steps: int = 5
@@ -86,11 +100,12 @@ class MAMLConfig:
   meta_batch_size: int = 4
   num_steps: int = 1000
   eval_inner_steps: int = 0
+  checkpoint_every: int = 100
 
   def __post_init__(self):
     for name, minimum in (("hidden", 1), ("inner_steps", 0),
                           ("meta_batch_size", 1), ("num_steps", 1),
-                          ("eval_inner_steps", 0)):
+                          ("eval_inner_steps", 0), ("checkpoint_every", 0)):
       config_utils.check_int(f"maml.{name}", getattr(self, name), minimum)
     for name in ("inner_lr", "meta_lr"):
       config_utils.check_positive(f"maml.{name}", getattr(self, name))
@@ -100,6 +115,11 @@ class MAMLConfig:
   def eval_steps(self) -> int:
     """Inner steps at meta-test time."""
     return self.eval_inner_steps or self.inner_steps
+
+  def trajectory(self, seed: int) -> dict[str, Any]:
+    """The fields (and seed) that decide what meta-training computes."""
+    return {**{name: getattr(self, name) for name in TRAJECTORY_FIELDS},
+            "seed": seed}
 
 
 # ----------------------------------------------------------------------------
@@ -380,14 +400,16 @@ def _family_image_size(family: Any) -> tuple[int, int]:
 
 def maml_meta_train(family: TaskFamily, cfg: MAMLConfig, *, seed: int = 0,
                     progress: bool = False, log_every: int = 10,
-                    task_batching: str = "auto"
+                    task_batching: str = "auto",
+                    checkpoint_dir: str | None = None
                     ) -> tuple[Weights, list[float]]:
   """Meta-learns Conv-4 initial weights with MAML on ``family``'s episodes.
 
   Starts from ``init_conv4(jax.random.key(seed), ...)``; step ``t`` samples
   ``family.sample_batch(np.random.default_rng([seed, t]),
   cfg.meta_batch_size)``, as ``base.train.meta_train`` does, so a run is
-  reproducible from ``seed`` alone.
+  reproducible from ``seed`` alone, and a resumed run is the uninterrupted
+  one.
 
   Args:
     family: the meta-training tasks (square images).
@@ -397,41 +419,129 @@ def maml_meta_train(family: TaskFamily, cfg: MAMLConfig, *, seed: int = 0,
     log_every: fetch the losses from the device every this many steps (the
       loop does not wait for the device in between).
     task_batching: see :func:`maml_meta_step`.
+    checkpoint_dir: save the state every ``cfg.checkpoint_every`` steps and
+      at the last one under ``checkpoint_dir/maml_checkpoints``, and resume
+      from the latest checkpoint there (None: no checkpoints).
 
   Returns:
     ``(weights, history)``: the meta-learned initial weights and the
-    meta-loss (mean query cross-entropy after adaptation) of every step.
+    meta-loss (mean query cross-entropy after adaptation) of every step,
+    resumed ones included.
 
   Raises:
     NonFiniteLossError: the meta-loss became NaN or infinite (the first bad
-      step is named).
+      step is named; no checkpoint is written past the last good step).
+    ConfigError: the checkpoints in ``checkpoint_dir`` were made with
+      another trajectory config or seed, or are past ``cfg.num_steps``.
   """
+  weights, history, _ = _meta_train(family, cfg, seed, progress, log_every,
+                                    task_batching, checkpoint_dir)
+  return weights, history
+
+
+def _meta_train(family: TaskFamily, cfg: MAMLConfig, seed: int,
+                progress: bool, log_every: int, task_batching: str,
+                checkpoint_dir: str | None
+                ) -> tuple[Weights, list[float], float]:
+  """:func:`maml_meta_train`, also returning the wall seconds of all the
+  steps (those of earlier, resumed runs included)."""
+  clock = time.perf_counter()
   image_size, channels = _family_image_size(family)
   log_every = check_count("log_every", log_every, 1)
   weights = init_conv4(jax.random.key(seed), family.num_ways, channels,
                        image_size, cfg.hidden)
-  opt_state = optax.adam(cfg.meta_lr).init(weights)
-  history: list[float] = []
+  state = {"weights": weights,
+           "opt_state": optax.adam(cfg.meta_lr).init(weights),
+           "history": np.zeros(0, np.float32),
+           "seconds": np.zeros((), np.float32)}
+  checkpointer = None
+  if checkpoint_dir is not None:
+    checkpointer = _open_checkpoints(checkpoint_dir, cfg, seed)
+    state = _restore(checkpointer, state, cfg.num_steps)
+  start = len(state["history"])
+  weights, opt_state = state["weights"], state["opt_state"]
+  history = [float(v) for v in state["history"]]
+  earlier_seconds = float(state["seconds"])
   pending: list[jax.Array] = []
-  bar = tqdm.tqdm(total=cfg.num_steps, desc="maml meta-train",
+  bar = tqdm.tqdm(total=cfg.num_steps, initial=start, desc="maml meta-train",
                   disable=not progress, dynamic_ncols=True)
   try:
-    for step in range(cfg.num_steps):
+    for step in range(start, cfg.num_steps):
       episodes = family.sample_batch(episode_rng(seed, step),
                                      cfg.meta_batch_size)
       weights, opt_state, loss = maml_meta_step(weights, opt_state, episodes,
                                                 cfg, task_batching)
       pending.append(loss)
       done = step + 1
-      if done % log_every == 0 or done == cfg.num_steps:
+      save_now = checkpointer is not None and (
+          done == cfg.num_steps or (cfg.checkpoint_every
+                                    and done % cfg.checkpoint_every == 0))
+      # Losses are fetched (and checked) before every checkpoint, so a
+      # non-finite state is never saved.
+      if save_now or done % log_every == 0 or done == cfg.num_steps:
         fetched = fetch_finite_losses(pending, done, "MAML meta-loss")
         pending = []
         history.extend(fetched)
         bar.set_postfix(loss=f"{np.mean(fetched):.3f}")
+      if save_now:
+        seconds = earlier_seconds + time.perf_counter() - clock
+        checkpointer.save(done, {
+            "weights": weights, "opt_state": opt_state,
+            "history": np.asarray(history, np.float32),
+            "seconds": np.asarray(seconds, np.float32)})
       bar.update(1)
   finally:
     bar.close()
-  return weights, history
+    if checkpointer is not None:
+      checkpointer.close()
+  return weights, history, earlier_seconds + time.perf_counter() - clock
+
+
+def _open_checkpoints(directory: str, cfg: MAMLConfig,
+                      seed: int) -> MetaCheckpointer:
+  """The MAML checkpoints in ``directory``, refusing another trajectory's.
+
+  ``run.json`` beside them records the trajectory fields and seed; resuming
+  with different ones would silently mix two trainings.
+  """
+  checkpointer = MetaCheckpointer(directory, subdir=CHECKPOINT_SUBDIR)
+  path = os.path.join(checkpointer.directory, CHECKPOINT_RUN_FILE)
+  wanted = cfg.trajectory(seed)
+  if checkpointer.latest_step() is None or not os.path.exists(path):
+    with open(path, "w") as f:
+      json.dump(wanted, f, indent=1)
+    return checkpointer
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+  except (OSError, ValueError) as e:
+    checkpointer.close()
+    raise CheckpointError(f"cannot read {path}: {e}") from None
+  differing = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+  if differing:
+    checkpointer.close()
+    raise ConfigError(
+        f"MAML checkpoints in {checkpointer.directory} were made with "
+        + ", ".join(f"{k}={recorded.get(k)!r}" for k in differing)
+        + " (this run: " + ", ".join(f"{k}={wanted[k]!r}" for k in differing)
+        + "); use another workdir, or remove that folder to start over")
+  return checkpointer
+
+
+def _restore(checkpointer: MetaCheckpointer, fresh: dict[str, Any],
+             num_steps: int) -> dict[str, Any]:
+  """The latest checkpoint's state (``fresh`` when there is none)."""
+  step = checkpointer.latest_step()
+  if not step:
+    return fresh
+  if step > num_steps:
+    checkpointer.close()
+    raise ConfigError(
+        f"the MAML checkpoint in {checkpointer.directory} is of step {step}, "
+        f"past maml.num_steps={num_steps}; raise num_steps or use another "
+        f"workdir")
+  template = dict(fresh, history=np.zeros(step, np.float32))
+  return checkpointer.restore(template, step)
 
 
 # ----------------------------------------------------------------------------
@@ -615,14 +725,14 @@ def _meta_train_method(exp, cfg: MAMLConfig, workdir: str, *, seed: int,
                        progress: bool = True) -> dict[str, Any]:
   """Meta-trains Conv-4 on the experiment's tasks into ``workdir``.
 
-  The file records the config and seed, so :func:`is_trained` can tell a
-  later run that it need not train again.
+  Checkpoints go to ``workdir/maml_checkpoints`` (a killed run resumes from
+  there). The file records the config and seed, so :func:`is_trained` can
+  tell a later run that it need not train again.
   """
-  start = time.perf_counter()
-  weights, history = maml_meta_train(exp.train_family, cfg, seed=seed,
-                                     progress=progress)
   os.makedirs(workdir, exist_ok=True)
-  seconds = time.perf_counter() - start
+  weights, history, seconds = _meta_train(
+      exp.train_family, cfg, seed, progress, log_every=10,
+      task_batching="auto", checkpoint_dir=workdir)
   save_maml(os.path.join(workdir, MAML_FILENAME), weights, {
       "steps": cfg.num_steps, "seconds": seconds,
       "final_loss": history[-1] if history else None,
@@ -631,8 +741,10 @@ def _meta_train_method(exp, cfg: MAMLConfig, workdir: str, *, seed: int,
 
 
 def is_trained(workdir: str, cfg: MAMLConfig, seed: int) -> bool:
-  """Whether ``workdir`` holds Conv-4 weights meta-trained with ``cfg`` and
-  ``seed`` (a readable file whose recorded config and seed match)."""
+  """Whether ``workdir`` holds Conv-4 weights meta-trained for
+  ``cfg.num_steps`` steps on ``cfg``'s trajectory with ``seed`` (a readable
+  file whose recorded config and seed match; fields such as
+  ``eval_inner_steps`` that do not change the training are not compared)."""
   path = os.path.join(workdir, MAML_FILENAME)
   if not os.path.exists(path):
     return False
@@ -640,8 +752,11 @@ def is_trained(workdir: str, cfg: MAMLConfig, seed: int) -> bool:
     _, metadata = load_maml(path)
   except CheckpointError:
     return False
-  return (metadata.get("config") == dataclasses.asdict(cfg)
-          and metadata.get("seed") == seed)
+  recorded = metadata.get("config") or {}
+  return (metadata.get("steps") == cfg.num_steps
+          and cfg.trajectory(seed) == {**{k: recorded.get(k)
+                                          for k in TRAJECTORY_FIELDS},
+                                       "seed": metadata.get("seed")})
 
 
 def _load_learner(exp, cfg: MAMLConfig, workdir: str) -> MAMLLearner:
