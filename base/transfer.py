@@ -5,7 +5,9 @@ The BASE recipe for a data set outside the meta-training distribution
 set's training images, average the posterior architecture logits over those
 tasks, derive one genotype, then train that genotype's standalone network
 from scratch with a standard recipe and report its test accuracy, size and
-the wall time of each phase.
+the wall time of each phase. The NAS baseline that says whether the derived
+architecture is worth anything, random genotypes of the same search space
+trained with the same recipe, can run beside it (``random_genotypes``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class TransferConfig:
     channels, num_cells: the standalone network's width and depth.
     epochs ... augment: the from-scratch training recipe (SGD, Nesterov
       momentum, cosine decay, weight decay, crop + flip augmentation).
+    random_genotypes: also train this many random genotypes (each edge's
+      logits drawn from a standard normal, then the same derivation rule)
+      with the same recipe and seed: the random-search baseline.
   """
   prior_path: str = ""
   train_path: str = "../shared/data/cifar10/cifar10-jpeg.tar.gz/train"
@@ -69,6 +74,11 @@ class TransferConfig:
   weight_decay: float = 3e-4
   augment: bool = True
   seed: int = 0
+  random_genotypes: int = 0
+
+  def __post_init__(self):
+    config_utils.check_int("transfer.random_genotypes",
+                           self.random_genotypes, 0)
 
 
 def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
@@ -117,11 +127,50 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
   genotype = genotype_of(prior.spec, mean_logits, task_cfg.genotype_rule)
   adapt_seconds = time.perf_counter() - start
 
+  standalone = train_genotype(genotype, train_data, test_data, cfg,
+                              in_channels=channels,
+                              stem_multiplier=prior.spec.stem_multiplier)
+  random_rng = np.random.default_rng([cfg.seed, 1])
+  baselines = []
+  for _ in range(cfg.random_genotypes):
+    random_logits = {k: random_rng.standard_normal(v.shape)
+                     for k, v in mean_logits.items()}
+    random_genotype = genotype_of(prior.spec, random_logits,
+                                  task_cfg.genotype_rule)
+    baselines.append(dict(
+        genotype=random_genotype.to_dict(),
+        **train_genotype(random_genotype, train_data, test_data, cfg,
+                         in_channels=channels,
+                         stem_multiplier=prior.spec.stem_multiplier)))
+  results = {
+      "prior": os.path.abspath(path),
+      "genotype": genotype.to_dict(),
+      "adaptation": {"tasks": cfg.adapt_tasks, "ways": ways,
+                     "shots": cfg.adapt_shots, "steps": steps,
+                     "mean_query_accuracy": float(np.mean(accuracies)),
+                     "seconds": adapt_seconds},
+      "standalone": standalone,
+      "random_genotypes": baselines,
+      "load_seconds": load_seconds,
+  }
+  reports.write_report(workdir, "transfer", results, format_transfer(results))
+  plots.save_genotype_figure(genotype,
+                             os.path.join(workdir, "transfer_cells.png"))
+  return results
+
+
+def train_genotype(genotype: Any, train_data: Any, test_data: Any,
+                   cfg: TransferConfig, *, in_channels: int,
+                   stem_multiplier: int) -> dict[str, Any]:
+  """Trains ``genotype``'s standalone network from scratch; its test score.
+
+  The recipe and the initialisation seed are ``cfg``'s, so genotypes trained
+  with the same ``cfg`` differ in nothing but the architecture.
+  """
   network = build_genotype_network(
-      genotype, num_classes=train_data.num_classes, in_channels=channels,
+      genotype, num_classes=train_data.num_classes, in_channels=in_channels,
       channels=cfg.channels, num_cells=cfg.num_cells,
-      stem_multiplier=prior.spec.stem_multiplier,
-      rngs=nnx.Rngs(cfg.seed))
+      stem_multiplier=stem_multiplier, rngs=nnx.Rngs(cfg.seed))
   recipe = StandaloneTrainConfig(
       epochs=cfg.epochs, batch_size=cfg.batch_size,
       learning_rate=cfg.learning_rate, momentum=cfg.momentum,
@@ -131,27 +180,12 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
   history = train_classifier(network, train_data.images, train_data.labels,
                              recipe)
   train_seconds = time.perf_counter() - start
-  test_accuracy = evaluate_classifier(network, test_data.images,
-                                      test_data.labels)
-  results = {
-      "prior": os.path.abspath(path),
-      "genotype": genotype.to_dict(),
-      "adaptation": {"tasks": cfg.adapt_tasks, "ways": ways,
-                     "shots": cfg.adapt_shots, "steps": steps,
-                     "mean_query_accuracy": float(np.mean(accuracies)),
-                     "seconds": adapt_seconds},
-      "standalone": {"parameters": count_params(network),
-                     "channels": cfg.channels, "num_cells": cfg.num_cells,
-                     "train_images": len(train_data),
-                     "test_images": len(test_data),
-                     "epochs": cfg.epochs, "train_seconds": train_seconds,
-                     "history": history, "test_accuracy": test_accuracy},
-      "load_seconds": load_seconds,
-  }
-  reports.write_report(workdir, "transfer", results, format_transfer(results))
-  plots.save_genotype_figure(genotype,
-                             os.path.join(workdir, "transfer_cells.png"))
-  return results
+  return {"parameters": count_params(network), "channels": cfg.channels,
+          "num_cells": cfg.num_cells, "train_images": len(train_data),
+          "test_images": len(test_data), "epochs": cfg.epochs,
+          "train_seconds": train_seconds, "history": history,
+          "test_accuracy": evaluate_classifier(network, test_data.images,
+                                               test_data.labels)}
 
 
 def format_transfer(results: dict[str, Any]) -> str:
@@ -166,4 +200,8 @@ def format_transfer(results: dict[str, Any]) -> str:
       f"{s['num_cells']} cells x {s['channels']} channels, {s['epochs']} "
       f"epochs on {s['train_images']} images) | test accuracy "
       f"{s['test_accuracy']:.3f} on {s['test_images']} images | "
-      f"{s['train_seconds']:.1f} s |"])
+      f"{s['train_seconds']:.1f} s |"] + [
+      f"| baseline: train random genotype {i + 1} ({r['parameters']} "
+      f"parameters, the same recipe) | test accuracy "
+      f"{r['test_accuracy']:.3f} | {r['train_seconds']:.1f} s |"
+      for i, r in enumerate(results.get("random_genotypes", []))])

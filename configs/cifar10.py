@@ -40,5 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
       max_test_per_class=0, adapt_tasks=5, adapt_ways=0, adapt_shots=20,
       adapt_steps=0, channels=16, num_cells=5, epochs=10, batch_size=64,
       learning_rate=0.05, momentum=0.9, weight_decay=3e-4, augment=True,
-      seed=0))
+      seed=0,
+      # Also train this many random genotypes with the same recipe (the
+      # random-search baseline); each costs as much as the derived one.
+      random_genotypes=0))
   return config

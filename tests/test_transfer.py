@@ -26,7 +26,8 @@ def test_cifar10_meta_train_then_transfer(tmp_path):
   config.transfer.update(dict(
       train_path=f"{CIFAR}/train", test_path=f"{CIFAR}/test",
       max_train_per_class=30, max_test_per_class=10, adapt_tasks=2,
-      adapt_shots=2, channels=4, num_cells=2, epochs=2, batch_size=30))
+      adapt_shots=2, channels=4, num_cells=2, epochs=2, batch_size=30,
+      random_genotypes=1))
   config.mode = "meta_train,transfer"
   cli.run(config, str(tmp_path))
   results = json.load(open(tmp_path / "transfer.json"))
@@ -39,5 +40,16 @@ def test_cifar10_meta_train_then_transfer(tmp_path):
   assert standalone["parameters"] == genotype_param_count(
       genotype, num_classes=10, in_channels=3, channels=4, num_cells=2,
       stem_multiplier=config.supernet.stem_multiplier)
-  assert (tmp_path / "transfer.md").exists()
+  # The random-search baseline: another genotype of the same space, the
+  # same recipe.
+  [baseline] = results["random_genotypes"]
+  random_genotype = Genotype.from_dict(baseline["genotype"])
+  assert {op for op, _ in random_genotype.normal + random_genotype.reduce} \
+      <= set(config.supernet.primitives)
+  assert baseline["parameters"] == genotype_param_count(
+      random_genotype, num_classes=10, in_channels=3, channels=4, num_cells=2,
+      stem_multiplier=config.supernet.stem_multiplier)
+  assert 0.0 <= baseline["test_accuracy"] <= 1.0
+  assert len(baseline["history"]) == 2
+  assert "random genotype 1" in (tmp_path / "transfer.md").read_text()
   assert (tmp_path / "transfer_cells.png").exists()
