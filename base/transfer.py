@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import tqdm
 from flax import nnx
 
 from base import config_utils, plots, reports
@@ -104,6 +105,9 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
     raise ConfigError(f"train and test classes differ: "
                       f"{train_data.class_names} vs {test_data.class_names}")
   load_seconds = time.perf_counter() - start
+  print(f"transfer: {len(train_data)} training and {len(test_data)} test "
+        f"images of {train_data.num_classes} classes loaded in "
+        f"{load_seconds:.0f} s")
 
   ways = cfg.adapt_ways or min(prior.spec.num_classes, train_data.num_classes)
   task_prior, task_cfg = for_ways(prior, experiment.adapt, ways)
@@ -114,7 +118,8 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
   rng = np.random.default_rng(cfg.seed)
   start = time.perf_counter()
   logits, accuracies = [], []
-  for task in range(cfg.adapt_tasks):
+  for task in tqdm.trange(cfg.adapt_tasks, desc="adapt the prior",
+                          dynamic_ncols=True):
     episode = family.sample(rng)
     result = task_adaptation.adapt(
         task_prior, episode.support_x, episode.support_y, episode.query_x,
@@ -132,11 +137,13 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
                               stem_multiplier=prior.spec.stem_multiplier)
   random_rng = np.random.default_rng([cfg.seed, 1])
   baselines = []
-  for _ in range(cfg.random_genotypes):
+  for index in range(cfg.random_genotypes):
     random_logits = {k: random_rng.standard_normal(v.shape)
                      for k, v in mean_logits.items()}
     random_genotype = genotype_of(prior.spec, random_logits,
                                   task_cfg.genotype_rule)
+    print(f"transfer: random genotype {index + 1} of "
+          f"{cfg.random_genotypes} (the random-search baseline)")
     baselines.append(dict(
         genotype=random_genotype.to_dict(),
         **train_genotype(random_genotype, train_data, test_data, cfg,
