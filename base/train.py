@@ -277,22 +277,20 @@ class MetricsWriter:
     self._tensorboard = tensorboardX.SummaryWriter(
         os.path.join(workdir, "tensorboard"))
 
-  def record_at(self, step: int) -> dict[str, Any] | None:
-    """The logged record of ``step`` (None: not logged, or not process 0)."""
+  def truncate_after(self, step: int) -> dict[str, Any] | None:
+    """Drops records past ``step`` (logged after the checkpoint resumed from).
+
+    Returns the record of ``step`` itself (None: not logged, or not process
+    0), which a resumed run continues from.
+    """
     if not self.enabled or not os.path.exists(self.path):
       return None
     with open(self.path) as f:
-      records = [json.loads(l) for l in f if l.strip()]
-    return next((r for r in records if r["step"] == step), None)
-
-  def truncate_after(self, step: int) -> None:
-    """Drops records past ``step`` (logged after the checkpoint resumed from)."""
-    if not self.enabled or not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+      kept = [(l, json.loads(l)) for l in f if l.strip()]
+    kept = [(l, r) for l, r in kept if r["step"] <= step]
     with open(self.path, "w") as f:
-      f.writelines(lines)
+      f.writelines(l for l, _ in kept)
+    return next((r for _, r in kept if r["step"] == step), None)
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
@@ -373,10 +371,10 @@ def meta_train(config: Any, workdir: str, *, experiment: Experiment | None = Non
     task_ids = sharding.local_task_ids(exp.train.meta_batch_size,
                                        sharding.task_mesh())
   metrics_writer = MetricsWriter(workdir)
-  metrics_writer.truncate_after(start)
   # The record of the checkpoint resumed from (one is logged at every
-  # checkpoint) holds the seconds so far; metrics of older versions do not.
-  last_logged = metrics_writer.record_at(start) if start else None
+  # checkpoint; none at step 0) holds the seconds so far; metrics of older
+  # versions do not.
+  last_logged = metrics_writer.truncate_after(start)
   earlier_seconds = ((last_logged or {}).get("seconds") if start else 0.0)
   clock = time.perf_counter()
   # A chunk of a longer schedule (train.stop_at_step) counts to its own end.
