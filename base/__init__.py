@@ -15,6 +15,10 @@ many tasks, then adapt it to a new task in a few ELBO steps::
 A task with k classes, fewer than the prior's N, adapts from
 ``base.for_ways(prior, settings["config"], k)`` (the classifier cut to k
 units, its inner rate scaled by k/N).
+
+A derived network trained from scratch by ``mode=transfer`` is read back with
+``base.load_network("WORKDIR/transfer_networks/derived.msgpack")``; its
+``predict(images)`` gives class indices, ``class_names`` their labels.
 """
 
 from base.adaptation import AdaptConfig
@@ -43,16 +47,21 @@ from base.task_adaptation import Adaptation
 from base.task_adaptation import adapt
 from base.task_adaptation import load_adaptation
 from base.task_adaptation import saved_adaptation_settings
+from base.trained_network import TrainedNetwork
+from base.trained_network import load_network
+from base.trained_network import save_network
 from base.train import evaluate
 from base.train import meta_train
 
 __all__ = [
     "AdaptConfig", "Adaptation", "BaseUserError", "CheckpointError",
     "ConfigError", "DataError", "Genotype", "MetaOptConfig",
-    "RelaxedOneHotCategorical", "SupernetDist", "SupernetSpec", "adapt",
+    "RelaxedOneHotCategorical", "SupernetDist", "SupernetSpec",
+    "TrainedNetwork", "adapt",
     "apply_supernet", "build_genotype_network", "build_supernet",
     "derive_genotype", "evaluate", "for_ways", "genotype_param_count",
-    "gumbel_softmax", "init_prior", "load_adaptation", "load_prior",
-    "meta_step", "meta_train", "save_prior", "saved_adaptation_settings",
+    "gumbel_softmax", "init_prior", "load_adaptation", "load_network",
+    "load_prior", "meta_step", "meta_train", "save_network", "save_prior",
+    "saved_adaptation_settings",
     "temperature_schedule",
 ]

@@ -122,8 +122,10 @@ def run(config: Any, workdir: str | None) -> None:
   if "transfer" in modes:
     results = transfer_lib.transfer(config, workdir, experiment)
     print(transfer_lib.format_transfer(results))
+    networks = os.path.join(workdir, transfer_lib.NETWORKS_DIR)
     print(f"transfer results written to "
-          f"{os.path.join(workdir, 'transfer.json')} and transfer.md")
+          f"{os.path.join(workdir, 'transfer.json')} and transfer.md; the "
+          f"trained networks to {networks} (base.load_network reads one back)")
 
 
 def meta_train_maml_baseline(experiment: train.Experiment, base_step: int,

@@ -65,8 +65,8 @@ def _train_step(model, optimizer, key, x, y, augment):
 
 
 @nnx.jit
-def _eval_step(model, x, y):
-  return _loss(model, x, y)
+def _predict_step(model, x):
+  return jnp.argmax(model(x), -1)
 
 
 def train_classifier(model: nnx.Module, images: np.ndarray, labels: np.ndarray,
@@ -107,23 +107,31 @@ def train_classifier(model: nnx.Module, images: np.ndarray, labels: np.ndarray,
   return history
 
 
+def predict_labels(model: nnx.Module, images: np.ndarray,
+                   batch_size: int = 500, seed: int = 0) -> np.ndarray:
+  """Predicted class indices ``[n]``, computed in batches of a random order.
+
+  The network normalises with the statistics of the batch it is given, as
+  in training, whose batches are random draws. Visiting a class-sorted set
+  (as image folders load) in order would give batches of one class, whose
+  statistics erase what tells the classes apart (CIFAR-10 scored at chance
+  that way), so images go in a ``seed``-ed random order (the same for every
+  model of a comparison), in batches of near-equal size.
+  """
+  n = len(images)
+  if n == 0:
+    return np.zeros((0,), np.int32)
+  order = np.random.default_rng(seed).permutation(n)
+  labels = np.empty((n,), np.int32)
+  for index in np.array_split(order, -(-n // batch_size)):
+    labels[index] = jax.device_get(
+        _predict_step(model, jnp.asarray(images[index])))
+  return labels
+
+
 def evaluate_classifier(model: nnx.Module, images: np.ndarray,
                         labels: np.ndarray, batch_size: int = 500,
                         seed: int = 0) -> float:
-  """Accuracy over ``images``, in batches of a fixed random order.
-
-  The network normalises with the statistics of the batch it is given, as
-  in training, whose batches are random draws. Visiting a class-sorted test
-  set (as image folders load) in order would give batches of one class,
-  whose statistics erase what tells the classes apart (CIFAR-10 scored at
-  chance that way), so images go in a ``seed``-ed random order (the same
-  for every model of a comparison), in batches of near-equal size.
-  """
-  n = len(images)
-  order = np.random.default_rng(seed).permutation(n)
-  correct = 0.0
-  for index in np.array_split(order, -(-n // batch_size)):
-    _, acc = _eval_step(model, jnp.asarray(images[index]),
-                        jnp.asarray(labels[index]))
-    correct += float(acc) * len(index)
-  return correct / n
+  """Accuracy over ``images`` (:func:`predict_labels`'s batches)."""
+  predicted = predict_labels(model, images, batch_size=batch_size, seed=seed)
+  return float(np.mean(predicted == np.asarray(labels)))

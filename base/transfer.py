@@ -8,6 +8,8 @@ from scratch with a standard recipe and report its test accuracy, size and
 the wall time of each phase. The NAS baseline that says whether the derived
 architecture is worth anything, random genotypes of the same search space
 trained with the same recipe, can run beside it (``random_genotypes``).
+Every trained network is saved (``transfer_networks/``) for
+:func:`base.load_network`.
 """
 
 from __future__ import annotations
@@ -25,13 +27,20 @@ from flax import nnx
 from base import config_utils, plots, reports
 from base import prior as prior_lib
 from base import task_adaptation
+from base import trained_network
 from base.adaptation import for_ways
 from base.data import EpisodeSampler, load_image_folder
 from base.errors import ConfigError
 from base.genotype import build_genotype_network, genotype_of
 from base.standalone import (StandaloneTrainConfig, evaluate_classifier,
                              train_classifier)
-from base.supernet import count_params
+from base.supernet import SupernetSpec, count_params
+
+# Everything one transfer run writes; a later run in the same workdir keeps
+# the earlier set under time-stamped names (base.reports.keep_earlier).
+NETWORKS_DIR = "transfer_networks"  # derived.msgpack, random_1.msgpack, ...
+TRANSFER_FILES = ("transfer.json", "transfer.md", "transfer_cells.png",
+                  NETWORKS_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +141,12 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
   genotype = genotype_of(prior.spec, mean_logits, task_cfg.genotype_rule)
   adapt_seconds = time.perf_counter() - start
 
-  standalone = train_genotype(genotype, train_data, test_data, cfg,
-                              in_channels=channels,
-                              stem_multiplier=prior.spec.stem_multiplier)
+  reports.keep_earlier(workdir, TRANSFER_FILES)
+  networks_dir = os.path.join(workdir, NETWORKS_DIR)
+  standalone = train_genotype(
+      genotype, train_data, test_data, cfg, in_channels=channels,
+      stem_multiplier=prior.spec.stem_multiplier,
+      save_to=os.path.join(networks_dir, "derived.msgpack"))
   random_rng = np.random.default_rng([cfg.seed, 1])
   baselines = []
   for index in range(cfg.random_genotypes):
@@ -148,7 +160,9 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
         genotype=random_genotype.to_dict(),
         **train_genotype(random_genotype, train_data, test_data, cfg,
                          in_channels=channels,
-                         stem_multiplier=prior.spec.stem_multiplier)))
+                         stem_multiplier=prior.spec.stem_multiplier,
+                         save_to=os.path.join(
+                             networks_dir, f"random_{index + 1}.msgpack"))))
   results = {
       "prior": os.path.abspath(path),
       "genotype": genotype.to_dict(),
@@ -168,16 +182,24 @@ def transfer(config: Any, workdir: str, experiment: Any) -> dict[str, Any]:
 
 def train_genotype(genotype: Any, train_data: Any, test_data: Any,
                    cfg: TransferConfig, *, in_channels: int,
-                   stem_multiplier: int) -> dict[str, Any]:
+                   stem_multiplier: int,
+                   save_to: str | None = None) -> dict[str, Any]:
   """Trains ``genotype``'s standalone network from scratch; its test score.
 
   The recipe and the initialisation seed are ``cfg``'s, so genotypes trained
-  with the same ``cfg`` differ in nothing but the architecture.
+  with the same ``cfg`` differ in nothing but the architecture. With
+  ``save_to`` the trained network is written there
+  (:func:`base.load_network` reads it back to classify new images).
   """
-  network = build_genotype_network(
-      genotype, num_classes=train_data.num_classes, in_channels=in_channels,
+  architecture = dict(
+      num_classes=train_data.num_classes, in_channels=in_channels,
       channels=cfg.channels, num_cells=cfg.num_cells,
-      stem_multiplier=stem_multiplier, rngs=nnx.Rngs(cfg.seed))
+      stem_multiplier=stem_multiplier,
+      reduction_cells=SupernetSpec(num_classes=train_data.num_classes,
+                                   num_cells=cfg.num_cells).reduction_cells,
+      channel_scale=2)  # DARTS: channels double at each reduction cell
+  network = build_genotype_network(genotype, **architecture,
+                                   rngs=nnx.Rngs(cfg.seed))
   recipe = StandaloneTrainConfig(
       epochs=cfg.epochs, batch_size=cfg.batch_size,
       learning_rate=cfg.learning_rate, momentum=cfg.momentum,
@@ -187,12 +209,23 @@ def train_genotype(genotype: Any, train_data: Any, test_data: Any,
   history = train_classifier(network, train_data.images, train_data.labels,
                              recipe)
   train_seconds = time.perf_counter() - start
-  return {"parameters": count_params(network), "channels": cfg.channels,
-          "num_cells": cfg.num_cells, "train_images": len(train_data),
-          "test_images": len(test_data), "epochs": cfg.epochs,
-          "train_seconds": train_seconds, "history": history,
-          "test_accuracy": evaluate_classifier(network, test_data.images,
-                                               test_data.labels)}
+  results = {"parameters": count_params(network), "channels": cfg.channels,
+             "num_cells": cfg.num_cells, "train_images": len(train_data),
+             "test_images": len(test_data), "epochs": cfg.epochs,
+             "train_seconds": train_seconds, "history": history,
+             "test_accuracy": evaluate_classifier(network, test_data.images,
+                                                  test_data.labels)}
+  if save_to:
+    trained_network.save_network(
+        save_to, network, genotype, architecture=architecture,
+        image_shape=train_data.images.shape[1:],
+        class_names=train_data.class_names,
+        metadata={"recipe": dataclasses.asdict(recipe),
+                  "test_accuracy": results["test_accuracy"],
+                  "test_images": len(test_data),
+                  "train_images": len(train_data)})
+    results["network_file"] = os.path.abspath(save_to)
+  return results
 
 
 def format_transfer(results: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import base
 from base import ops
 from base.adaptation import AdaptConfig
 from base.data import load_digits
@@ -12,7 +13,7 @@ from base.errors import ConfigError
 from base.genotype import (Genotype, build_genotype_network, derive_genotype,
                            genotype_param_count)
 from base.standalone import (StandaloneTrainConfig, evaluate_classifier,
-                             train_classifier)
+                             predict_labels, train_classifier)
 from base.supernet import count_params
 
 PRIMS = ops.DARTS_PRIMITIVES  # none, max, avg, skip, sep3, sep5, dil3, dil5
@@ -121,7 +122,7 @@ def test_standalone_network_has_the_genotypes_parameter_count(
   assert y.shape == (2, 10)
 
 
-def test_standalone_network_trains_on_digits():
+def test_standalone_network_trains_on_digits(tmp_path):
   data = load_digits()
   genotype = Genotype(normal=(("sep_conv_3x3", 0), ("skip_connect", 1)),
                       normal_concat=(2,),
@@ -145,3 +146,17 @@ def test_standalone_network_trains_on_digits():
   sorted_score = evaluate_classifier(net, test_x[by_class], test_y[by_class],
                                      batch_size=60)
   assert abs(sorted_score - after) < 0.05, (sorted_score, after)
+  # Saved and read back (base.load_network), it predicts exactly the same.
+  architecture = dict(num_classes=10, in_channels=1, channels=8, num_cells=2,
+                      stem_multiplier=3, reduction_cells=(1,), channel_scale=2)
+  base.save_network(tmp_path / "net.msgpack", net, genotype,
+                    architecture=architecture, image_shape=(8, 8, 1),
+                    class_names=[str(i) for i in range(10)],
+                    metadata={"test_accuracy": after})
+  loaded = base.load_network(tmp_path / "net.msgpack")
+  assert (loaded.genotype, loaded.architecture) == (genotype, architecture)
+  assert loaded.class_names[3] == "3"
+  assert loaded.metadata == {"test_accuracy": after}
+  predicted = loaded.predict(test_x)
+  np.testing.assert_array_equal(predicted, predict_labels(net, test_x))
+  assert np.mean(predicted == test_y) == pytest.approx(after)

@@ -2,8 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 
+import base
 from base import cli
 from base.genotype import Genotype, genotype_param_count
 from tests.conftest import REPO_ROOT, tiny_config
@@ -53,3 +55,16 @@ def test_cifar10_meta_train_then_transfer(tmp_path):
   assert len(baseline["history"]) == 2
   assert "random genotype 1" in (tmp_path / "transfer.md").read_text()
   assert (tmp_path / "transfer_cells.png").exists()
+  # The trained networks are saved; read back, each classifies the test
+  # images as scored.
+  from base.data import load_image_folder
+  test = load_image_folder(f"{CIFAR}/test", 32, max_per_class=10)
+  for record, name in ((standalone, "derived"), (baseline, "random_1")):
+    path = tmp_path / "transfer_networks" / f"{name}.msgpack"
+    assert record["network_file"] == str(path)
+    network = base.load_network(path)
+    assert network.genotype == Genotype.from_dict(
+        results["genotype"] if name == "derived" else baseline["genotype"])
+    assert network.class_names == test.class_names
+    assert np.mean(network.predict(test.images) == test.labels) == \
+        pytest.approx(record["test_accuracy"])
