@@ -20,7 +20,8 @@ from flax import nnx
 from base import ops
 from base.distributions import host_probabilities
 from base.errors import ConfigError
-from base.supernet import Cell, CellNetwork, SupernetSpec
+from base.supernet import (Cell, CellNetwork, SupernetSpec,
+                           darts_reduction_cells)
 
 Edge = tuple[str, int]  # (operation name, input state index)
 
@@ -232,8 +233,7 @@ def build_genotype_network(genotype: Genotype, *, num_classes: int,
   ``reduction_cells=None`` uses the DARTS positions (as ``SupernetSpec``).
   """
   if reduction_cells is None:
-    reduction_cells = SupernetSpec(
-        num_classes=num_classes, num_cells=num_cells).reduction_cells
+    reduction_cells = darts_reduction_cells(num_cells)
 
   def make_cell(index, c_pp, c_p, c, reduction, reduction_prev):
     del index
@@ -286,8 +286,7 @@ def genotype_param_count(genotype: Genotype, *, num_classes: int,
   by :func:`build_genotype_network` has exactly the weights its genotype says.
   """
   if reduction_cells is None:
-    reduction_cells = SupernetSpec(
-        num_classes=num_classes, num_cells=num_cells).reduction_cells
+    reduction_cells = darts_reduction_cells(num_cells)
   stem = stem_multiplier * channels
   total = 9 * in_channels * stem
   c_pp, c_p, c = stem, stem, channels

@@ -40,6 +40,14 @@ ArchWeights = Mapping[str, jax.Array]  # {"normal": [E, O], "reduce": [E, O]}
 OpMask = Mapping[str, Sequence[Sequence[bool]]]
 
 
+def darts_reduction_cells(num_cells: int) -> tuple[int, ...]:
+  """DARTS' reduction cells: at 1/3 and 2/3 of the depth (none below 3)."""
+  if num_cells < 3:
+    return ()
+  default = sorted({num_cells // 3, 2 * num_cells // 3})
+  return tuple(i for i in default if 0 < i < num_cells)
+
+
 @dataclasses.dataclass(frozen=True)
 class SupernetSpec:
   """Everything needed to rebuild a supernet; hashable, saved with a prior.
@@ -72,10 +80,8 @@ class SupernetSpec:
   def __post_init__(self):
     object.__setattr__(self, "primitives", tuple(self.primitives))
     if self.reduction_cells is None:
-      default = sorted({self.num_cells // 3, 2 * self.num_cells // 3})
       object.__setattr__(self, "reduction_cells",
-                         tuple(i for i in default if 0 < i < self.num_cells)
-                         if self.num_cells >= 3 else ())
+                         darts_reduction_cells(self.num_cells))
     else:
       object.__setattr__(self, "reduction_cells",
                          tuple(int(i) for i in self.reduction_cells))

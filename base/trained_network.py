@@ -22,6 +22,7 @@ at a time gives worse answers than the recorded test accuracy.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from typing import Any, Mapping, Sequence
 
@@ -32,6 +33,7 @@ from base import serialization
 from base.errors import CheckpointError, ConfigError, DataError
 from base.genotype import Genotype, build_genotype_network
 from base.standalone import predict_labels
+from base.supernet import darts_reduction_cells
 
 NETWORK_FORMAT = "base-standalone-network"
 NETWORK_FORMAT_VERSION = 1
@@ -75,6 +77,28 @@ class TrainedNetwork:
                           seed=seed)
 
 
+def complete_architecture(architecture: Mapping[str, Any]) -> dict[str, Any]:
+  """All ``ARCHITECTURE_FIELDS``: ``architecture`` and, for the fields it
+  leaves out, :func:`build_genotype_network`'s defaults (the DARTS
+  reduction cells for ``reduction_cells=None``).
+
+  Raises:
+    ConfigError: a field that is not one, or a required one left out.
+  """
+  parameters = inspect.signature(build_genotype_network).parameters
+  defaults = {k: parameters[k].default for k in ARCHITECTURE_FIELDS
+              if parameters[k].default is not inspect.Parameter.empty}
+  unknown = sorted(set(architecture) - set(ARCHITECTURE_FIELDS))
+  missing = sorted(set(ARCHITECTURE_FIELDS) - set(architecture) - set(defaults))
+  if missing or unknown:
+    raise ConfigError(f"architecture of a network: missing {missing}, "
+                      f"unknown {unknown} (fields: {ARCHITECTURE_FIELDS})")
+  full = {**defaults, **architecture}
+  if full["reduction_cells"] is None:
+    full["reduction_cells"] = darts_reduction_cells(full["num_cells"])
+  return full
+
+
 def save_network(path: str | os.PathLike, network: nnx.Module,
                  genotype: Genotype, *, architecture: Mapping[str, Any],
                  image_shape: Sequence[int],
@@ -84,19 +108,15 @@ def save_network(path: str | os.PathLike, network: nnx.Module,
 
   Args:
     architecture: the keyword arguments ``network`` was built with by
-      :func:`build_genotype_network` (the fields of ``ARCHITECTURE_FIELDS``;
-      the depthwise implementation is not stored: every one computes the
-      same function with the same weights).
+      :func:`build_genotype_network` (those of ``ARCHITECTURE_FIELDS``; the
+      ones left out take that function's defaults; the depthwise
+      implementation is not stored: every one computes the same function
+      with the same weights).
     image_shape: ``(height, width, channels)`` it takes.
     metadata: JSON-serialisable extras (training recipe, scores).
   """
-  missing = sorted(set(ARCHITECTURE_FIELDS) - set(architecture))
-  unknown = sorted(set(architecture) - set(ARCHITECTURE_FIELDS))
-  if missing or unknown:
-    raise ConfigError(f"architecture of a saved network: missing "
-                      f"{missing}, unknown {unknown}")
   architecture = {k: (list(v) if isinstance(v, (tuple, list)) else v)
-                  for k, v in architecture.items()}
+                  for k, v in complete_architecture(architecture).items()}
   header = {"format": NETWORK_FORMAT, "version": NETWORK_FORMAT_VERSION,
             "genotype": genotype.to_dict(), "architecture": architecture,
             "image_shape": [int(d) for d in image_shape],

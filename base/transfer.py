@@ -34,7 +34,7 @@ from base.errors import ConfigError
 from base.genotype import build_genotype_network, genotype_of
 from base.standalone import (StandaloneTrainConfig, evaluate_classifier,
                              train_classifier)
-from base.supernet import SupernetSpec, count_params
+from base.supernet import count_params
 
 # Everything one transfer run writes; a later run in the same workdir keeps
 # the earlier set under time-stamped names (base.reports.keep_earlier).
@@ -191,13 +191,9 @@ def train_genotype(genotype: Any, train_data: Any, test_data: Any,
   ``save_to`` the trained network is written there
   (:func:`base.load_network` reads it back to classify new images).
   """
-  architecture = dict(
-      num_classes=train_data.num_classes, in_channels=in_channels,
-      channels=cfg.channels, num_cells=cfg.num_cells,
-      stem_multiplier=stem_multiplier,
-      reduction_cells=SupernetSpec(num_classes=train_data.num_classes,
-                                   num_cells=cfg.num_cells).reduction_cells,
-      channel_scale=2)  # DARTS: channels double at each reduction cell
+  architecture = dict(num_classes=train_data.num_classes,
+                      in_channels=in_channels, channels=cfg.channels,
+                      num_cells=cfg.num_cells, stem_multiplier=stem_multiplier)
   network = build_genotype_network(genotype, **architecture,
                                    rngs=nnx.Rngs(cfg.seed))
   recipe = StandaloneTrainConfig(

@@ -42,6 +42,21 @@ def test_predict_names_the_expected_image_shape(tmp_path):
     loaded.predict(np.zeros((8, 8, 1), np.float32))
 
 
+def test_architecture_left_out_takes_the_builders_defaults(tmp_path):
+  network = build_genotype_network(GENOTYPE, num_classes=10, in_channels=1,
+                                   channels=4, num_cells=3, rngs=nnx.Rngs(0))
+  _save(tmp_path / "net.msgpack", network,
+        architecture=dict(num_classes=10, in_channels=1, channels=4,
+                          num_cells=3))
+  loaded = base.load_network(tmp_path / "net.msgpack")
+  assert loaded.architecture == dict(
+      num_classes=10, in_channels=1, channels=4, num_cells=3,
+      stem_multiplier=3, reduction_cells=(1, 2), channel_scale=2)
+  with pytest.raises(ConfigError, match=r"unknown \['width'\]"):
+    _save(tmp_path / "x.msgpack", network, architecture=dict(
+        num_classes=10, in_channels=1, channels=4, num_cells=3, width=2))
+
+
 def test_bad_network_files_are_refused_by_name(tmp_path):
   network = build_genotype_network(GENOTYPE, **ARCHITECTURE, rngs=nnx.Rngs(0))
   path = tmp_path / "net.msgpack"
