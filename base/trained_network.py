@@ -168,4 +168,3 @@ def load_network(path: str | os.PathLike) -> TrainedNetwork:
   nnx.update(network, state)
   return TrainedNetwork(network, genotype, architecture, image_shape,
                         class_names, dict(header.get("metadata") or {}))
-
