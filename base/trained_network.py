@@ -115,10 +115,9 @@ def save_network(path: str | os.PathLike, network: nnx.Module,
     image_shape: ``(height, width, channels)`` it takes.
     metadata: JSON-serialisable extras (training recipe, scores).
   """
-  architecture = {k: (list(v) if isinstance(v, (tuple, list)) else v)
-                  for k, v in complete_architecture(architecture).items()}
   header = {"format": NETWORK_FORMAT, "version": NETWORK_FORMAT_VERSION,
-            "genotype": genotype.to_dict(), "architecture": architecture,
+            "genotype": genotype.to_dict(),
+            "architecture": complete_architecture(architecture),
             "image_shape": [int(d) for d in image_shape],
             "class_names": None if class_names is None else list(class_names),
             "metadata": dict(metadata or {})}
