@@ -227,10 +227,16 @@ def build_genotype_network(genotype: Genotype, *, num_classes: int,
                            reduction_cells: Sequence[int] | None = None,
                            depthwise_impl: str = "auto",
                            channel_scale: int = 2,
+                           running_stats: bool = True,
                            rngs: nnx.Rngs) -> CellNetwork:
   """The standalone network of ``genotype``: one fixed operation per edge.
 
   ``reduction_cells=None`` uses the DARTS positions (as ``SupernetSpec``).
+  With ``running_stats`` (the default) every normalisation keeps population
+  statistics as it trains (``ops.Normalization``), and
+  :func:`base.standalone.predict_labels` classifies with them, each image
+  on its own; ``running_stats=False`` normalises with the statistics of
+  whatever batch it is given, as the supernet does.
   """
   if reduction_cells is None:
     reduction_cells = darts_reduction_cells(num_cells)
@@ -243,18 +249,20 @@ def build_genotype_network(genotype: Genotype, *, num_classes: int,
 
     def make_edge(edge, stride):
       return ops.make_op(flat_ops[edge], c, stride, rngs,
-                         depthwise_impl=depthwise_impl)
+                         depthwise_impl=depthwise_impl,
+                         running_stats=running_stats)
 
     concat = [i - 2 for i in getattr(genotype, f"{cell_type}_concat")]
     return Cell([[j for _, j in edges] for edges in node_edges], make_edge,
-                c_pp, c_p, c, reduction, reduction_prev, rngs, concat=concat)
+                c_pp, c_p, c, reduction, reduction_prev, rngs, concat=concat,
+                running_stats=running_stats)
 
   return CellNetwork(num_classes=num_classes, in_channels=in_channels,
                      channels=channels, num_cells=num_cells,
                      stem_multiplier=stem_multiplier,
                      reduction_cells=tuple(reduction_cells),
                      make_cell=make_cell, rngs=rngs,
-                     channel_scale=channel_scale)
+                     channel_scale=channel_scale, running_stats=running_stats)
 
 
 def op_param_count(name: str, channels: int, stride: int) -> int:

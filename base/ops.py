@@ -6,12 +6,17 @@ with ``channels`` channels to the same number of channels, at ``stride`` 1 or
 to a constructor ``(channels, stride, rngs, *, depthwise_impl) -> nnx.Module``;
 a new candidate operation is one new entry (see :func:`register_op`).
 
-Normalisation is batch normalisation *without running statistics and without
-affine parameters* (``normalize``): every forward pass normalises with the
-statistics of the batch it sees. In few-shot meta-learning this is the usual
-transductive choice (MAML, MetaNAS): each task's support and query batches
-are normalised on their own, and no batch statistics need to be adapted or
-meta-learned. DARTS also uses ``affine=False`` in its search phase.
+Normalisation is batch normalisation *without affine parameters*
+(:class:`Normalization`). In the supernet it has no running statistics
+(``normalize``): every forward pass normalises with the statistics of the
+batch it sees. In few-shot meta-learning this is the usual transductive choice
+(MAML, MetaNAS): each task's support and query batches are normalised on their
+own, and no batch statistics need to be adapted or meta-learned. DARTS also
+uses ``affine=False`` in its search phase. A standalone network, trained once
+and then asked about any number of images, is built with ``running_stats``:
+it keeps population statistics while it trains and normalises with them in
+evaluation mode (``nnx.view(model, use_running_average=True)``), so an image's
+prediction does not depend on the batch it comes in.
 
 Three kinds of layer have two implementations each, with the same
 parameters and the same result (tested), because XLA:CPU and accelerators
@@ -34,6 +39,7 @@ favour different forms; ``"auto"`` picks by the default backend:
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Protocol
 
 import jax
@@ -49,6 +55,21 @@ CONV_IMPLS = ("auto", "conv", "patches")
 POOL_IMPLS = ("auto", "window", "slices")
 
 
+#: Weight of a new batch in :class:`Normalization`'s running averages once
+#: past its first batches (PyTorch's BatchNorm ``momentum`` default).
+RUNNING_STATS_RATE = 0.1
+
+
+def _batch_moments(x32: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel mean and (biased) variance over (N, H, W), shape [C]."""
+  return jnp.mean(x32, axis=(0, 1, 2)), jnp.var(x32, axis=(0, 1, 2))
+
+
+def _standardize(x: jax.Array, x32: jax.Array, mean: jax.Array,
+                 var: jax.Array) -> jax.Array:
+  return ((x32 - mean) * jax.lax.rsqrt(var + NORM_EPSILON)).astype(x.dtype)
+
+
 def normalize(x: jax.Array) -> jax.Array:
   """Batch norm over (N, H, W) with batch statistics and no affine params.
 
@@ -56,9 +77,55 @@ def normalize(x: jax.Array) -> jax.Array:
   lose too much); the result has ``x``'s dtype.
   """
   x32 = x.astype(jnp.float32)
-  mean = jnp.mean(x32, axis=(0, 1, 2), keepdims=True)
-  var = jnp.var(x32, axis=(0, 1, 2), keepdims=True)
-  return ((x32 - mean) * jax.lax.rsqrt(var + NORM_EPSILON)).astype(x.dtype)
+  return _standardize(x, x32, *_batch_moments(x32))
+
+
+class Normalization(nnx.Module):
+  """:func:`normalize` as a layer, with population statistics on request.
+
+  Without ``running_stats`` (the supernet) it is :func:`normalize` and holds
+  no state, so it adds nothing to a prior's weights. With ``running_stats``
+  it keeps per-channel ``mean`` and ``var`` (``nnx.BatchStat``): in training
+  mode (``use_running_average=False``, as built) it normalises with the
+  batch's statistics, exactly as :func:`normalize`, and folds them into the
+  running averages, weighting batch ``t`` (counted from 1) by
+  ``max(1/t, rate)``: the plain mean of the first ``1/rate`` batches, so no
+  trace of the zero/one initial values stays, then an exponential average
+  that follows the weights as they train. In evaluation mode
+  (``use_running_average=True``: ``nnx.view`` or ``Module.eval``) it
+  normalises with the averages and leaves them as they are.
+  """
+
+  def __init__(self, channels: int, *, running_stats: bool = False,
+               rate: float = RUNNING_STATS_RATE):
+    self.running_stats = running_stats
+    self.use_running_average = False
+    if running_stats:
+      if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"running statistics rate {rate} is not in (0, 1]")
+      self.rate = rate
+      self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32))
+      self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32))
+      self.batches = nnx.BatchStat(jnp.zeros((), jnp.int32))
+
+  def set_view(self, use_running_average: bool | None = None):
+    """``nnx.view(model, use_running_average=...)`` sets the mode."""
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if not self.running_stats:
+      return normalize(x)
+    x32 = x.astype(jnp.float32)
+    if self.use_running_average:
+      return _standardize(x, x32, self.mean[...], self.var[...])
+    mean, var = _batch_moments(x32)
+    batches = self.batches[...] + 1
+    weight = jnp.maximum(1.0 / batches.astype(jnp.float32), self.rate)
+    self.mean[...] += weight * (jax.lax.stop_gradient(mean) - self.mean[...])
+    self.var[...] += weight * (jax.lax.stop_gradient(var) - self.var[...])
+    self.batches[...] = batches
+    return _standardize(x, x32, mean, var)
 
 
 def _resolve_impl(what: str, impl: str, choices: tuple[str, ...],
@@ -232,12 +299,14 @@ class FactorizedReduce(nnx.Module):
   cell before a reduction cell. ``out_channels`` must be even.
   """
 
-  def __init__(self, in_channels: int, out_channels: int, rngs: nnx.Rngs):
+  def __init__(self, in_channels: int, out_channels: int, rngs: nnx.Rngs, *,
+               running_stats: bool = False):
     if out_channels % 2:
       raise ConfigError(
           f"FactorizedReduce needs an even channel count, got {out_channels}")
     self.conv_a = PointwiseConv(in_channels, out_channels // 2, rngs)
     self.conv_b = PointwiseConv(in_channels, out_channels // 2, rngs)
+    self.norm = Normalization(out_channels, running_stats=running_stats)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jax.nn.relu(x)
@@ -246,41 +315,48 @@ class FactorizedReduce(nnx.Module):
                       (0, 0)))
     a = self.conv_a(x[:, ::2, ::2, :])
     b = self.conv_b(x[:, 1::2, 1::2, :])
-    return normalize(jnp.concatenate([a, b], axis=-1))
+    return self.norm(jnp.concatenate([a, b], axis=-1))
 
 
 class ReLUConvNorm(nnx.Module):
   """ReLU -> 1x1 conv -> norm: the preprocessing of a cell's inputs."""
 
-  def __init__(self, in_channels: int, out_channels: int, rngs: nnx.Rngs):
+  def __init__(self, in_channels: int, out_channels: int, rngs: nnx.Rngs, *,
+               running_stats: bool = False):
     self.conv = PointwiseConv(in_channels, out_channels, rngs)
+    self.norm = Normalization(out_channels, running_stats=running_stats)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return normalize(self.conv(jax.nn.relu(x)))
+    return self.norm(self.conv(jax.nn.relu(x)))
 
 
 class DilatedConv(nnx.Module):
   """ReLU -> depthwise k x k (dilated) conv -> 1x1 conv -> norm (DARTS)."""
 
   def __init__(self, channels: int, kernel_size: int, stride: int,
-               dilation: int, rngs: nnx.Rngs, *, depthwise_impl: str = "auto"):
+               dilation: int, rngs: nnx.Rngs, *, depthwise_impl: str = "auto",
+               running_stats: bool = False):
     self.depthwise = DepthwiseConv(channels, kernel_size, stride, dilation,
                                    rngs, impl=depthwise_impl)
     self.pointwise = PointwiseConv(channels, channels, rngs)
+    self.norm = Normalization(channels, running_stats=running_stats)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return normalize(self.pointwise(self.depthwise(jax.nn.relu(x))))
+    return self.norm(self.pointwise(self.depthwise(jax.nn.relu(x))))
 
 
 class SeparableConv(nnx.Module):
   """Two stacked depthwise-separable convs; only the first is strided (DARTS)."""
 
   def __init__(self, channels: int, kernel_size: int, stride: int,
-               rngs: nnx.Rngs, *, depthwise_impl: str = "auto"):
+               rngs: nnx.Rngs, *, depthwise_impl: str = "auto",
+               running_stats: bool = False):
     self.first = DilatedConv(channels, kernel_size, stride, 1, rngs,
-                             depthwise_impl=depthwise_impl)
+                             depthwise_impl=depthwise_impl,
+                             running_stats=running_stats)
     self.second = DilatedConv(channels, kernel_size, 1, 1, rngs,
-                              depthwise_impl=depthwise_impl)
+                              depthwise_impl=depthwise_impl,
+                              running_stats=running_stats)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.second(self.first(x))
@@ -298,17 +374,23 @@ class Pool(nnx.Module):
   ``"slices"`` on CPU. Max pooling's forward result is bitwise equal either
   way; at exactly tied inputs the slices' gradient is shared between the
   tied inputs rather than given to the first (both are subgradients).
+
+  ``channels`` is needed only with ``running_stats``.
   """
 
-  def __init__(self, kind: str, stride: int, *, impl: str = "auto"):
+  def __init__(self, kind: str, stride: int, *, impl: str = "auto",
+               channels: int | None = None, running_stats: bool = False):
+    if running_stats and channels is None:
+      raise ConfigError("Pool with running_stats needs its channel count")
     self.kind = kind
     self.stride = stride
     self.impl = resolve_pool_impl(impl)
+    self.norm = Normalization(channels or 0, running_stats=running_stats)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.impl == "window":
-      return normalize(self._reduce_window(x))
-    return normalize(self._separable_slices(x))
+      return self.norm(self._reduce_window(x))
+    return self.norm(self._separable_slices(x))
 
   def _reduce_window(self, x: jax.Array) -> jax.Array:
     window = (1, 3, 3, 1)
@@ -362,23 +444,30 @@ class StackedConv(nnx.Module):
   """ReLU -> 1 x k conv -> k x 1 conv -> norm (MetaNAS's ``conv_1x5_5x1``)."""
 
   def __init__(self, channels: int, kernel_sizes: tuple[tuple[int, int], ...],
-               stride: int, rngs: nnx.Rngs):
+               stride: int, rngs: nnx.Rngs, *, running_stats: bool = False):
     strides = [stride] + [1] * (len(kernel_sizes) - 1)
     self.convs = nnx.List([
         Conv(channels, channels, k, s, rngs)
         for k, s in zip(kernel_sizes, strides)])
+    self.norm = Normalization(channels, running_stats=running_stats)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jax.nn.relu(x)
     for conv in self.convs:
       x = conv(x)
-    return normalize(x)
+    return self.norm(x)
 
 
 class OpConstructor(Protocol):
+  """``(channels, stride, rngs, *, depthwise_impl[, running_stats]) -> op``.
+
+  ``running_stats`` (a standalone network's ops keep population statistics
+  for inference, see :class:`Normalization`) is passed only when True, so a
+  constructor that does not take it still serves the supernet.
+  """
 
   def __call__(self, channels: int, stride: int, rngs: nnx.Rngs, *,
-               depthwise_impl: str) -> nnx.Module:
+               depthwise_impl: str, running_stats: bool = False) -> nnx.Module:
     ...
 
 
@@ -395,33 +484,45 @@ def register_op(name: str) -> Callable[[OpConstructor], OpConstructor]:
   return register
 
 
-def _skip(channels, stride, rngs, *, depthwise_impl):
+def _skip(channels, stride, rngs, *, depthwise_impl, running_stats=False):
   del depthwise_impl
   if stride == 1:
     return Identity()
-  return FactorizedReduce(channels, channels, rngs)
+  return FactorizedReduce(channels, channels, rngs,
+                          running_stats=running_stats)
 
 
-register_op("none")(lambda c, s, rngs, *, depthwise_impl: Zero(s))
+def _pool(kind):
+  def make(channels, stride, rngs, *, depthwise_impl, running_stats=False):
+    del rngs, depthwise_impl
+    return Pool(kind, stride, channels=channels, running_stats=running_stats)
+  return make
+
+
+register_op("none")(
+    lambda c, s, rngs, *, depthwise_impl, running_stats=False: Zero(s))
 register_op("skip_connect")(_skip)
-register_op("max_pool_3x3")(lambda c, s, rngs, *, depthwise_impl: Pool("max", s))
-register_op("avg_pool_3x3")(lambda c, s, rngs, *, depthwise_impl: Pool("avg", s))
+register_op("max_pool_3x3")(_pool("max"))
+register_op("avg_pool_3x3")(_pool("avg"))
 for _k in (3, 5):
   register_op(f"sep_conv_{_k}x{_k}")(
-      lambda c, s, rngs, *, depthwise_impl, k=_k: SeparableConv(
-          c, k, s, rngs, depthwise_impl=depthwise_impl))
+      lambda c, s, rngs, *, depthwise_impl, running_stats=False, k=_k:
+      SeparableConv(c, k, s, rngs, depthwise_impl=depthwise_impl,
+                    running_stats=running_stats))
   register_op(f"dil_conv_{_k}x{_k}")(
-      lambda c, s, rngs, *, depthwise_impl, k=_k: DilatedConv(
-          c, k, s, 2, rngs, depthwise_impl=depthwise_impl))
+      lambda c, s, rngs, *, depthwise_impl, running_stats=False, k=_k:
+      DilatedConv(c, k, s, 2, rngs, depthwise_impl=depthwise_impl,
+                  running_stats=running_stats))
 # MetaNAS's "conv_3x3" is one depthwise-separable 3x3 conv (its DilConv with
 # dilation 1), not a dense 3x3 conv: with it the MetaNAS few-shot supernet
 # (4 cells, 3 nodes, 28 channels) has the reference's weight count.
 register_op("conv_3x3")(
-    lambda c, s, rngs, *, depthwise_impl: DilatedConv(
-        c, 3, s, 1, rngs, depthwise_impl=depthwise_impl))
+    lambda c, s, rngs, *, depthwise_impl, running_stats=False: DilatedConv(
+        c, 3, s, 1, rngs, depthwise_impl=depthwise_impl,
+        running_stats=running_stats))
 register_op("conv_1x5_5x1")(
-    lambda c, s, rngs, *, depthwise_impl: StackedConv(
-        c, ((1, 5), (5, 1)), s, rngs))
+    lambda c, s, rngs, *, depthwise_impl, running_stats=False: StackedConv(
+        c, ((1, 5), (5, 1)), s, rngs, running_stats=running_stats))
 
 #: The eight DARTS candidate operations (Liu et al. 2019).
 DARTS_PRIMITIVES: tuple[str, ...] = (
@@ -445,7 +546,25 @@ def check_primitives(primitives: tuple[str, ...]) -> None:
 
 
 def make_op(name: str, channels: int, stride: int, rngs: nnx.Rngs, *,
-            depthwise_impl: str = "auto") -> nnx.Module:
-  """Builds the registered operation ``name``."""
+            depthwise_impl: str = "auto",
+            running_stats: bool = False) -> nnx.Module:
+  """Builds the registered operation ``name``.
+
+  Raises:
+    ConfigError: ``name`` is not registered, or ``running_stats`` is asked
+      of an operation whose constructor does not take it.
+  """
   check_primitives((name,))
-  return OPS[name](channels, stride, rngs, depthwise_impl=depthwise_impl)
+  constructor = OPS[name]
+  if not running_stats:
+    return constructor(channels, stride, rngs, depthwise_impl=depthwise_impl)
+  parameters = inspect.signature(constructor).parameters.values()
+  if not any(p.name == "running_stats" or p.kind is p.VAR_KEYWORD
+             for p in parameters):
+    raise ConfigError(f"operation {name!r} takes no running_stats argument, "
+                      f"so it cannot be part of a standalone network with "
+                      f"population statistics (register it with a "
+                      f"running_stats keyword, or build with "
+                      f"running_stats=False)")
+  return constructor(channels, stride, rngs, depthwise_impl=depthwise_impl,
+                     running_stats=True)

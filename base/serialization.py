@@ -82,12 +82,14 @@ def write_arrays_file(path: str | os.PathLike, tree: Mapping[Any, Any],
 
 
 def read_arrays_file(path: str | os.PathLike, *, kind: str, format_name: str,
-                     version: int) -> tuple[dict[Any, Any], dict[str, Any]]:
+                     version: int | tuple[int, ...]
+                     ) -> tuple[dict[Any, Any], dict[str, Any]]:
   """Reads ``(nested dict of arrays, header)`` of a :func:`write_arrays_file`.
 
   Args:
     kind: what the file holds, for messages ("prior", "MAML weights").
-    format_name, version: what the header must say.
+    format_name, version: what the header must say (``version``: one, or
+      the tuple of those the reader understands).
 
   Raises:
     CheckpointError: naming ``path``, when the file is missing, truncated,
@@ -109,9 +111,11 @@ def read_arrays_file(path: str | os.PathLike, *, kind: str, format_name: str,
                           f"{type(e).__name__}") from None
   if not isinstance(header, dict) or header.get("format") != format_name:
     raise CheckpointError(f"{path} is not a {kind} file")
-  if header.get("version") != version:
+  versions = version if isinstance(version, tuple) else (version,)
+  if header.get("version") not in versions:
+    expected = " or ".join(map(str, versions))
     raise CheckpointError(f"{path} has {kind} format version "
-                          f"{header.get('version')}, expected {version}")
+                          f"{header.get('version')}, expected {expected}")
   if _checksum(arrays, header_text) != stored_sum:
     raise CheckpointError(f"corrupt {kind} file {path}: checksum mismatch")
   return unflatten(arrays), header

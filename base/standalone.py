@@ -69,6 +69,13 @@ def _predict_step(model, x):
   return jnp.argmax(model(x), -1)
 
 
+def inference_view(model: nnx.Module) -> nnx.Module:
+  """``model`` in evaluation mode, sharing its weights: normalisations that
+  keep population statistics (``ops.Normalization(running_stats=True)``)
+  normalise with them and stop updating them; others are unchanged."""
+  return nnx.view(model, use_running_average=True, raise_if_not_found=False)
+
+
 def train_classifier(model: nnx.Module, images: np.ndarray, labels: np.ndarray,
                      cfg: StandaloneTrainConfig = StandaloneTrainConfig()
                      ) -> list[dict[str, float]]:
@@ -111,16 +118,22 @@ def predict_labels(model: nnx.Module, images: np.ndarray,
                    batch_size: int = 500, seed: int = 0) -> np.ndarray:
   """Predicted class indices ``[n]``, computed in batches of a random order.
 
-  The network normalises with the statistics of the batch it is given, as
-  in training, whose batches are random draws. Visiting a class-sorted set
-  (as image folders load) in order would give batches of one class, whose
-  statistics erase what tells the classes apart (CIFAR-10 scored at chance
-  that way), so images go in a ``seed``-ed random order (the same for every
-  model of a comparison), in batches of near-equal size.
+  The model runs in evaluation mode (:func:`inference_view`): a standalone
+  network built with population statistics (the default of
+  :func:`base.genotype.build_genotype_network`) classifies every image on
+  its own, whatever the batch. A model that normalises with the statistics
+  of the batch it is given (``running_stats=False``, as the supernet, and
+  networks saved before population statistics existed) depends on the
+  batch: visiting a class-sorted set (as image folders load) in order would
+  give batches of one class, whose statistics erase what tells the classes
+  apart (CIFAR-10 scored at chance that way), so images go in a ``seed``-ed
+  random order (the same for every model of a comparison), in batches of
+  near-equal size.
   """
   n = len(images)
   if n == 0:
     return np.zeros((0,), np.int32)
+  model = inference_view(model)
   order = np.random.default_rng(seed).permutation(n)
   labels = np.empty((n,), np.int32)
   for index in np.array_split(order, -(-n // batch_size)):

@@ -150,24 +150,27 @@ class Cell(nnx.Module):
     make_edge: ``(edge_index, stride) -> module``; a supernet edge is a
       MixedOp called as ``edge(x, weights)``, a fixed edge as ``edge(x)``.
     concat: node indices whose outputs are concatenated (default: all).
+    running_stats: the input preprocessing keeps population statistics
+      (``ops.Normalization``; standalone networks), the edges' own are
+      ``make_edge``'s business.
   """
 
   def __init__(self, node_inputs: Sequence[Sequence[int]],
                make_edge: Callable[[int, int], nnx.Module],
                channels_prev_prev: int, channels_prev: int, channels: int,
                reduction: bool, reduction_prev: bool, rngs: nnx.Rngs,
-               concat: Sequence[int] | None = None):
+               concat: Sequence[int] | None = None,
+               running_stats: bool = False):
     self.node_inputs = tuple(tuple(int(j) for j in inputs)
                              for inputs in node_inputs)
     self.concat = tuple(range(len(self.node_inputs)) if concat is None
                         else concat)
     self.reduction = reduction
-    if reduction_prev:
-      self.preprocess0 = ops.FactorizedReduce(channels_prev_prev, channels,
-                                              rngs)
-    else:
-      self.preprocess0 = ops.ReLUConvNorm(channels_prev_prev, channels, rngs)
-    self.preprocess1 = ops.ReLUConvNorm(channels_prev, channels, rngs)
+    preprocess0 = ops.FactorizedReduce if reduction_prev else ops.ReLUConvNorm
+    self.preprocess0 = preprocess0(channels_prev_prev, channels, rngs,
+                                   running_stats=running_stats)
+    self.preprocess1 = ops.ReLUConvNorm(channels_prev, channels, rngs,
+                                        running_stats=running_stats)
     edges = []
     for inputs in self.node_inputs:
       for j in inputs:
@@ -205,15 +208,20 @@ class CellNetwork(nnx.Module):
     make_cell: ``(index, c_prev_prev, c_prev, c, reduction, reduction_prev)
       -> Cell``.
     channel_scale: C's factor at each reduction cell (2 in DARTS).
+    running_stats: the stem's normalisation keeps population statistics
+      (``ops.Normalization``; standalone networks), the cells' are
+      ``make_cell``'s business.
   """
 
   def __init__(self, *, num_classes: int, in_channels: int, channels: int,
                num_cells: int, stem_multiplier: int,
                reduction_cells: Sequence[int],
                make_cell: Callable[..., Cell], rngs: nnx.Rngs,
-               channel_scale: int = 2):
+               channel_scale: int = 2, running_stats: bool = False):
     stem_channels = stem_multiplier * channels
     self.stem = ops.Conv(in_channels, stem_channels, (3, 3), 1, rngs)
+    self.stem_norm = ops.Normalization(stem_channels,
+                                       running_stats=running_stats)
     c_prev_prev, c_prev, c = stem_channels, stem_channels, channels
     cells, reduction_prev = [], False
     for index in range(num_cells):
@@ -231,7 +239,7 @@ class CellNetwork(nnx.Module):
   def __call__(self, x: jax.Array, arch_weights: ArchWeights | None = None,
                single_path: bool = False,
                op_mask: OpMask | None = None) -> jax.Array:
-    s0 = s1 = ops.normalize(self.stem(x))
+    s0 = s1 = self.stem_norm(self.stem(x))
     for cell in self.cells:
       weights = mask = None
       cell_type = "reduce" if cell.reduction else "normal"

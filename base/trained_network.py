@@ -12,11 +12,14 @@ classify new images, with no config or workdir needed::
   labels = trained.predict(images)                    # [n] class indices
   names = [trained.class_names[i] for i in labels]
 
-The networks normalise with the statistics of the batch they are given (no
-running averages, as in the supernet), so a prediction depends on the batch it
-is made in: ``predict`` classifies images in batches of a seeded random order
-(as the test score was computed); predicting a handful of images of one class
-at a time gives worse answers than the recorded test accuracy.
+A network normalises with the population statistics it kept while it trained
+(``running_stats``, the default of ``build_genotype_network``; saved beside
+its weights), so each image is classified on its own, one at a time or ten
+thousand. Files of format version 1 (written before population statistics
+existed) still load: they normalise with the statistics of the batch they are
+given, so their ``predict`` classifies in batches of a seeded random order (as
+their test score was computed), and a handful of images of one class at a
+time gets worse answers than the recorded test accuracy.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import inspect
 import os
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -36,10 +40,16 @@ from base.standalone import predict_labels
 from base.supernet import darts_reduction_cells
 
 NETWORK_FORMAT = "base-standalone-network"
-NETWORK_FORMAT_VERSION = 1
+# 2: population statistics (nnx.BatchStat) stored with the weights and
+# ``running_stats`` in the architecture; 1: weights only, batch statistics.
+NETWORK_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 # What build_genotype_network needs besides the genotype (and rngs).
 ARCHITECTURE_FIELDS = ("num_classes", "in_channels", "channels", "num_cells",
-                       "stem_multiplier", "reduction_cells", "channel_scale")
+                       "stem_multiplier", "reduction_cells", "channel_scale",
+                       "running_stats")
+# What a network's file stores: weights and population statistics.
+STORED_STATE = (nnx.Param, nnx.BatchStat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,19 +119,30 @@ def save_network(path: str | os.PathLike, network: nnx.Module,
   Args:
     architecture: the keyword arguments ``network`` was built with by
       :func:`build_genotype_network` (those of ``ARCHITECTURE_FIELDS``; the
-      ones left out take that function's defaults; the depthwise
-      implementation is not stored: every one computes the same function
-      with the same weights).
+      ones left out take that function's defaults, but ``running_stats``,
+      which is read off ``network``; the depthwise implementation is not
+      stored: every one computes the same function with the same weights).
     image_shape: ``(height, width, channels)`` it takes.
     metadata: JSON-serialisable extras (training recipe, scores).
+
+  Raises:
+    ConfigError: an architecture field that is not one, or a required one
+      left out, or ``running_stats`` that ``network`` contradicts.
   """
+  has_stats = bool(jax.tree.leaves(nnx.state(network, nnx.BatchStat)))
+  architecture = {"running_stats": has_stats, **architecture}
+  if bool(architecture["running_stats"]) != has_stats:
+    raise ConfigError(
+        f"architecture says running_stats={architecture['running_stats']}, "
+        f"but the network {'keeps' if has_stats else 'keeps no'} "
+        f"population statistics")
   header = {"format": NETWORK_FORMAT, "version": NETWORK_FORMAT_VERSION,
             "genotype": genotype.to_dict(),
             "architecture": complete_architecture(architecture),
             "image_shape": [int(d) for d in image_shape],
             "class_names": None if class_names is None else list(class_names),
             "metadata": dict(metadata or {})}
-  weights = nnx.to_pure_dict(nnx.state(network, nnx.Param))
+  weights = nnx.to_pure_dict(nnx.state(network, STORED_STATE))
   serialization.write_arrays_file(path, weights, header)
 
 
@@ -135,10 +156,13 @@ def load_network(path: str | os.PathLike) -> TrainedNetwork:
   """
   weights, header = serialization.read_arrays_file(
       path, kind="standalone network", format_name=NETWORK_FORMAT,
-      version=NETWORK_FORMAT_VERSION)
+      version=READABLE_FORMAT_VERSIONS)
   try:
     genotype = Genotype.from_dict(header["genotype"])
-    architecture = {k: header["architecture"][k] for k in ARCHITECTURE_FIELDS}
+    stored = dict(header["architecture"])
+    if header["version"] == 1:  # before population statistics
+      stored.setdefault("running_stats", False)
+    architecture = {k: stored[k] for k in ARCHITECTURE_FIELDS}
     architecture["reduction_cells"] = tuple(architecture["reduction_cells"])
     image_shape = tuple(int(d) for d in header["image_shape"])
     class_names = header["class_names"]
@@ -154,7 +178,7 @@ def load_network(path: str | os.PathLike) -> TrainedNetwork:
   except (ConfigError, KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{path} has a malformed network header: "
                           f"{type(e).__name__}: {e}") from None
-  state = nnx.state(network, nnx.Param)
+  state = nnx.state(network, STORED_STATE)
   expected = {k: v.shape for k, v in
               serialization.flatten(nnx.to_pure_dict(state)).items()}
   stored = {k: v.shape for k, v in serialization.flatten(weights).items()}

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import resource
@@ -63,6 +62,7 @@ from base.adaptation import AdaptConfig
 from base.data import Episode
 from base.supernet import SupernetSpec, count_params
 from base.task_adaptation import adapt
+from benchmarks.report import write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +260,7 @@ def main(argv=None) -> dict:
                    "gflops_per_s": None, "fraction_of_matmul_peak": None,
                    "weights": count_params(prior.weight_mean)})
       print(f"{name}: {step:.4f} s", flush=True)
-      write_report(args.out, make_report(args, base_preset, peak, rows))
+      write_json(args.out, make_report(args, base_preset, peak, rows))
       continue
     opt = meta.MetaOptConfig(**opt_fields)
     compile_seconds, step = time_meta_step(prior, episodes, cfg, opt,
@@ -280,7 +280,7 @@ def main(argv=None) -> dict:
         "weights": count_params(prior.weight_mean)})
     print(f"{name}: {step:.4f} s (compile {compile_seconds:.1f} s)",
           flush=True)
-    write_report(args.out, make_report(args, base_preset, peak, rows))
+    write_json(args.out, make_report(args, base_preset, peak, rows))
   report = make_report(args, base_preset, peak, rows)
   print(f"preset {args.preset}: {report['weights']} weights; "
         f"{report['backend']} x{report['device_count']} "
@@ -294,7 +294,7 @@ def main(argv=None) -> dict:
           f"{fmt(r['step_s'], '.4f')} | {fmt(r['tasks_per_s'], '.2f')} | "
           f"{fmt(r['images_per_s'], '.0f')} | {fmt(r['gflops_per_s'], '.2f')} "
           f"| {fmt(r['fraction_of_matmul_peak'], '.1%')} |")
-  write_report(args.out, report)
+  write_json(args.out, report)
   return report
 
 
@@ -313,13 +313,6 @@ def make_report(args, base_preset: Preset, peak: float, rows: list) -> dict:
       "preset_fields": dataclasses.asdict(base_preset),
       "matmul_gflops_per_s": peak, "peak_memory_mib": peak_memory_mib(),
       "rows": rows}
-
-
-def write_report(path: str, report: dict) -> None:
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ the input and the op's weights.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -37,6 +36,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from base import ops  # pylint: disable=g-import-not-at-top
+from benchmarks.report import write_json
 
 
 def median_ms(fn: Callable, *args, repeats: int) -> float:
@@ -134,10 +134,7 @@ def main(argv=None) -> dict:
   result = dict(backend=jax.default_backend(), device=str(jax.devices()[0]),
                 input_shape=shape, repeats=args.repeats, ops=op_rows,
                 layers=layer_rows, jax_version=jax.__version__)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
+  write_json(args.out, result, indent=1)
   return result
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from base.errors import ConfigError
-from benchmarks import meta_step, op_costs
+from benchmarks import meta_step, op_costs, standalone_normalization
 
 
 def test_meta_step_benchmark_writes_a_table_and_json(tmp_path, capsys):
@@ -47,3 +47,17 @@ def test_op_costs_benchmark_times_ops_and_layer_forms(tmp_path, capsys):
 def test_op_costs_benchmark_rejects_unknown_ops():
   with pytest.raises(ConfigError, match="conv_9x9"):
     op_costs.main(["--ops=conv_9x9"])
+
+
+def test_standalone_normalization_benchmark_scores_each_way(tmp_path, capsys):
+  out = tmp_path / "norm.json"
+  report = standalone_normalization.main([
+      "--epochs=1", "--channels=4", "--cells=2", "--single-images=8",
+      f"--out={out}"])
+  assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+  rows = {(r["normalisation"], r["scored_in"]): r["accuracy"]
+          for r in report["rows"]}
+  assert len(rows) == 5 and all(0 <= a <= 1 for a in rows.values())
+  assert rows[("population statistics", "batches of 500")] > 0.3
+  assert "| batch statistics | one image at a time (8) |" in (
+      capsys.readouterr().out)

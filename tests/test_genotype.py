@@ -139,16 +139,31 @@ def test_standalone_network_trains_on_digits(tmp_path):
   after = evaluate_classifier(net, test_x, test_y)
   assert history[-1]["loss"] < history[0]["loss"]
   assert after > 0.8 and after > before + 0.5, (before, after)
-  # A class-sorted test set (as image folders load) scores the same: the
-  # batches mix classes, so batch statistics keep what tells them apart
-  # (in order, each batch of 60 would hold one class and score near chance).
+  # It normalises with the population statistics it kept while training:
+  # each image is classified on its own, whatever the batch around it.
+  alone = np.concatenate([predict_labels(net, test_x[i:i + 1])
+                          for i in range(0, 40)])
+  np.testing.assert_array_equal(alone, predict_labels(net, test_x)[:40])
   by_class = np.argsort(test_y, kind="stable")
-  sorted_score = evaluate_classifier(net, test_x[by_class], test_y[by_class],
-                                     batch_size=60)
-  assert abs(sorted_score - after) < 0.05, (sorted_score, after)
+  assert evaluate_classifier(net, test_x[by_class], test_y[by_class],
+                             batch_size=60) == pytest.approx(after)
+  # The same weights normalised with batch statistics (running_stats=False,
+  # as the supernet) depend on the batch. A class-sorted test set (as image
+  # folders load) still scores as a shuffled one: the batches mix classes
+  # (in order, each batch of 60 would hold one class and score near chance).
+  transductive = build_genotype_network(
+      genotype, num_classes=10, in_channels=1, channels=8, num_cells=2,
+      reduction_cells=(1,), running_stats=False, rngs=nnx.Rngs(1))
+  nnx.update(transductive, nnx.state(net, nnx.Param))
+  shuffled = evaluate_classifier(transductive, test_x, test_y)
+  sorted_score = evaluate_classifier(transductive, test_x[by_class],
+                                     test_y[by_class], batch_size=60)
+  assert shuffled > 0.5 and abs(sorted_score - shuffled) < 0.05, (
+      sorted_score, shuffled)
   # Saved and read back (base.load_network), it predicts exactly the same.
   architecture = dict(num_classes=10, in_channels=1, channels=8, num_cells=2,
-                      stem_multiplier=3, reduction_cells=(1,), channel_scale=2)
+                      stem_multiplier=3, reduction_cells=(1,), channel_scale=2,
+                      running_stats=True)
   base.save_network(tmp_path / "net.msgpack", net, genotype,
                     architecture=architecture, image_shape=(8, 8, 1),
                     class_names=[str(i) for i in range(10)],

@@ -122,6 +122,67 @@ def test_normalize_uses_batch_statistics():
   np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
 
 
+def test_running_statistics_follow_the_batches_and_serve_evaluation():
+  norm = ops.Normalization(2, running_stats=True, rate=0.25)
+  batches = [float(t) + (1.0 + t) * jax.random.normal(
+      jax.random.key(t), (8, 5, 5, 2)) for t in range(8)]
+  moments = [(np.asarray(b).mean(axis=(0, 1, 2)),
+              np.asarray(b).var(axis=(0, 1, 2))) for b in batches]
+  for t, x in enumerate(batches):
+    # Training mode normalises with the batch's own statistics.
+    np.testing.assert_array_equal(norm(x), ops.normalize(x))
+    if t == 3:  # the first 1/rate batches: their plain mean, no initial bias
+      np.testing.assert_allclose(norm.mean[...], np.mean(
+          [m for m, _ in moments[:4]], axis=0), rtol=1e-5)
+      np.testing.assert_allclose(norm.var[...], np.mean(
+          [v for _, v in moments[:4]], axis=0), rtol=1e-5)
+  expected = np.mean([m for m, _ in moments[:4]], axis=0)
+  for m, _ in moments[4:]:  # then an exponential average with weight rate
+    expected = 0.75 * expected + 0.25 * m
+  np.testing.assert_allclose(norm.mean[...], expected, rtol=1e-5)
+  assert int(norm.batches[...]) == 8
+  # Evaluation mode normalises with the averages, image by image, and
+  # leaves them alone; the view shares them with the training-mode module.
+  evaluating = nnx.view(norm, use_running_average=True)
+  x = batches[-1]
+  mean, var = np.asarray(norm.mean[...]), np.asarray(norm.var[...])
+  np.testing.assert_allclose(evaluating(x), (np.asarray(x) - mean)
+                             / np.sqrt(var + ops.NORM_EPSILON), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_array_equal(evaluating(x[:1]), evaluating(x)[:1])
+  np.testing.assert_array_equal(norm.mean[...], mean)
+  assert not norm.use_running_average
+
+
+def test_ops_keep_statistics_only_when_asked():
+  x = _input(channels=4, size=6)
+  for name in sorted(set(ops.DARTS_PRIMITIVES + ops.METANAS_PRIMITIVES)):
+    for stride in (1, 2):
+      plain = ops.make_op(name, 4, stride, nnx.Rngs(0))
+      kept = ops.make_op(name, 4, stride, nnx.Rngs(0), running_stats=True)
+      assert not jax.tree.leaves(nnx.state(plain, nnx.BatchStat)), name
+      normalises = name != "none" and (name, stride) != ("skip_connect", 1)
+      assert bool(jax.tree.leaves(nnx.state(kept, nnx.BatchStat))) == (
+          normalises), (name, stride)
+      # Same weights; in training mode the same function.
+      np.testing.assert_array_equal(kept(x), plain(x))
+  rngs = nnx.Rngs(0)
+  # An operation registered without a running_stats keyword still serves
+  # the supernet, and is refused by name for a network with statistics.
+  ops.register_op("test_plain_identity")(
+      lambda c, s, rngs, *, depthwise_impl: ops.Identity())
+  try:
+    assert isinstance(ops.make_op("test_plain_identity", 4, 1, rngs),
+                      ops.Identity)
+    with pytest.raises(ConfigError, match="'test_plain_identity' takes no "
+                       "running_stats"):
+      ops.make_op("test_plain_identity", 4, 1, rngs, running_stats=True)
+  finally:
+    del ops.OPS["test_plain_identity"]
+  with pytest.raises(ConfigError, match="channel count"):
+    ops.Pool("max", 1, running_stats=True)
+
+
 def test_avg_pool_excludes_padding():
   x = jnp.ones((1, 4, 4, 1))
   pool = ops.Pool("avg", 1)

@@ -15,6 +15,7 @@ import base
 from base import reports, serialization
 from base.errors import CheckpointError, ConfigError, DataError
 from base.genotype import Genotype, build_genotype_network
+from base.standalone import predict_labels
 
 GENOTYPE = Genotype(normal=(("sep_conv_3x3", 0), ("skip_connect", 1)),
                     normal_concat=(2,),
@@ -51,7 +52,8 @@ def test_architecture_left_out_takes_the_builders_defaults(tmp_path):
   loaded = base.load_network(tmp_path / "net.msgpack")
   assert loaded.architecture == dict(
       num_classes=10, in_channels=1, channels=4, num_cells=3,
-      stem_multiplier=3, reduction_cells=(1, 2), channel_scale=2)
+      stem_multiplier=3, reduction_cells=(1, 2), channel_scale=2,
+      running_stats=True)
   with pytest.raises(ConfigError, match=r"unknown \['width'\]"):
     _save(tmp_path / "x.msgpack", network, architecture=dict(
         num_classes=10, in_channels=1, channels=4, num_cells=3, width=2))
@@ -77,7 +79,7 @@ def test_bad_network_files_are_refused_by_name(tmp_path):
   # A header that describes another network than the weights stored.
   weights, header = serialization.read_arrays_file(
       path, kind="standalone network", format_name="base-standalone-network",
-      version=1)
+      version=2)
   header["architecture"]["channels"] = 6
   serialization.write_arrays_file(tmp_path / "other.msgpack", weights, header)
   with pytest.raises(CheckpointError, match="do not fit the network"):
@@ -105,3 +107,39 @@ def test_keep_earlier_keeps_a_folder_with_the_files_of_its_set(tmp_path):
   assert (tmp_path / f"transfer_networks.{suffix}" / "derived.msgpack"
           ).read_bytes() == b"1"
   assert not (tmp_path / "transfer_networks").exists()
+
+
+def test_running_stats_is_read_off_the_network_and_checked(tmp_path):
+  plain = build_genotype_network(GENOTYPE, **ARCHITECTURE, running_stats=False,
+                                 rngs=nnx.Rngs(0))
+  _save(tmp_path / "plain.msgpack", plain)  # running_stats left out
+  assert base.load_network(tmp_path / "plain.msgpack").architecture[
+      "running_stats"] is False
+  with pytest.raises(ConfigError, match="running_stats=True, but the network "
+                     "keeps no population statistics"):
+    _save(tmp_path / "x.msgpack", plain,
+          architecture={**ARCHITECTURE, "running_stats": True})
+  assert not (tmp_path / "x.msgpack").exists()
+
+
+def test_a_network_of_format_version_1_still_loads(tmp_path):
+  """Files written before population statistics: weights only, no
+  running_stats field; they load as batch-statistics networks."""
+  plain = build_genotype_network(GENOTYPE, **ARCHITECTURE, running_stats=False,
+                                 rngs=nnx.Rngs(3))
+  header = {"format": "base-standalone-network", "version": 1,
+            "genotype": GENOTYPE.to_dict(), "architecture": ARCHITECTURE,
+            "image_shape": [8, 8, 1], "class_names": list(CLASS_NAMES),
+            "metadata": {"test_accuracy": 0.5}}
+  serialization.write_arrays_file(
+      tmp_path / "v1.msgpack", nnx.to_pure_dict(nnx.state(plain, nnx.Param)),
+      header)
+  loaded = base.load_network(tmp_path / "v1.msgpack")
+  assert loaded.architecture == {**ARCHITECTURE, "running_stats": False}
+  images = np.random.default_rng(0).random((12, 8, 8, 1), np.float32)
+  np.testing.assert_array_equal(loaded.predict(images),
+                                predict_labels(plain, images))
+  header["version"] = 7
+  serialization.write_arrays_file(tmp_path / "v7.msgpack", {}, header)
+  with pytest.raises(CheckpointError, match="version 7, expected 1 or 2"):
+    base.load_network(tmp_path / "v7.msgpack")

@@ -80,7 +80,7 @@ forward: data-dependent shapes under ``jit``), 15-shot support sets during
 meta-training (the task family has one ``num_shots``). Constant channel
 counts across reduction cells (MetaNAS's ``feature_scale_rate=1``) are
 ``supernet.channel_scale=1`` in ``configs/metanas.py``. Batch norm uses
-batch statistics, as everywhere in this package.
+batch statistics, as every supernet in this package.
 
 Speed on CPU: one jitted program per inner step (architecture + weights, or
 weights only), called in a Python loop over steps and tasks; a second small
