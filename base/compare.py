@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from base import methods as methods_lib
-from base import reports
+from base import compiled_programs, reports
 from base.data import EpisodeSampler, load_omniglot_runs
 from base.errors import ConfigError
 from base.evaluation import (format_rows_table, format_runs_table,
@@ -100,6 +100,7 @@ def run_methods(exp: Any, names: tuple[str, ...], workdir: str, *,
       family = EpisodeSampler(exp.test_family.data, ways, shots,
                               exp.test_family.num_queries,
                               name=f"meta-test {protocol}")
+      compiled_programs.release_if_near_limit()
       row = score_learner(learner.restrict_ways(ways), family,
                           episodes=ev.episodes, seed=ev.seed,
                           desc=f"{protocol}: {name}" if progress else None)

@@ -21,7 +21,7 @@ import numpy as np
 import tensorboardX
 import tqdm
 
-from base import config_utils, distributions, reports
+from base import compiled_programs, config_utils, distributions, reports
 from base import prior as prior_lib
 from base.adaptation import AdaptConfig, for_ways
 from base.checkpoints import MetaCheckpointer
@@ -526,6 +526,9 @@ def evaluate(config: Any, workdir: str, *, prior_path: str | None = None,
                             exp.test_family.num_queries,
                             name=f"meta-test {protocol}")
     for name, (dist, k) in methods.items():
+      # Each protocol's shapes compile programs of their own: keep the
+      # process clear of the kernel's limit on memory mappings.
+      compiled_programs.release_if_near_limit()
       task_dist, task_cfg = for_ways(dist, exp.adapt, ways)
       row = score_prior(task_dist, family, task_cfg, temperature, steps=k,
                         episodes=ev.episodes, seed=ev.seed,

@@ -103,3 +103,18 @@ def _compilation_cache(tmp_path_factory):
                         str(REPO_ROOT / ".pytest_cache" / "xla" / worker))
   cli.enable_compilation_cache()
   yield
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+  """Unmaps compiled programs when a worker nears ``vm.max_map_count``.
+
+  A worker compiles thousands of programs in one run of the suite and JAX
+  keeps them all; at the kernel's limit on memory mappings (65530 by
+  default) LLVM fails to map the next one and the worker aborts (seen in
+  ``test_omniglot_config_runs_end_to_end``, near the end of a run: the
+  core dump held 65532 mappings). See ``base.compiled_programs``.
+  """
+  yield
+  from base import compiled_programs
+  compiled_programs.release_if_near_limit()
