@@ -159,10 +159,10 @@ def load_network(path: str | os.PathLike) -> TrainedNetwork:
       version=READABLE_FORMAT_VERSIONS)
   try:
     genotype = Genotype.from_dict(header["genotype"])
-    stored = dict(header["architecture"])
+    stored_architecture = dict(header["architecture"])
     if header["version"] == 1:  # before population statistics
-      stored.setdefault("running_stats", False)
-    architecture = {k: stored[k] for k in ARCHITECTURE_FIELDS}
+      stored_architecture.setdefault("running_stats", False)
+    architecture = {k: stored_architecture[k] for k in ARCHITECTURE_FIELDS}
     architecture["reduction_cells"] = tuple(architecture["reduction_cells"])
     image_shape = tuple(int(d) for d in header["image_shape"])
     class_names = header["class_names"]
