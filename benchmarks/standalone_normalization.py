@@ -140,5 +140,6 @@ def main(argv=None) -> dict:
   write_json(args.out, report)
   return report
 
+
 if __name__ == "__main__":
   main()
