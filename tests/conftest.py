@@ -94,8 +94,9 @@ def _compilation_cache(tmp_path_factory):
   """An on-disk XLA cache per xdist worker, kept across sessions.
 
   Not one shared by the workers: with a shared one, a worker crashed
-  (segfault in JAX's cache read) in two full runs; the cause was not
-  pinned down, and separate caches take cross-worker reads out of play.
+  (segfault in JAX's cache read) in two full runs, before the mapping cap
+  below was found (it may have been the same abort; a shared cache was
+  not tried again). Separate caches take cross-worker reads out of play.
   """
   from base import cli
   worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
